@@ -1,0 +1,801 @@
+#!/usr/bin/env bash
+# bench/run.sh: benchmark mesh-proxy against a direct connection, HAProxy and nginx.
+#
+# One machine, one run, five targets in front of the same upstream (mesh-echo):
+#   direct     load generator -> upstream
+#   mesh-1hop  load generator -> mesh-proxy (outbound) -> upstream
+#   mesh-2hop  load generator -> mesh-proxy (client sidecar, outbound)
+#                             -> HTTP/2 -> mesh-proxy (server sidecar, inbound) -> upstream
+#   haproxy    load generator -> HAProxy (1 thread) -> upstream, keep-alive both sides
+#   nginx      load generator -> nginx (1 worker) -> upstream, keep-alive both sides
+#
+# For every target it measures (see bench/README.md for the method):
+#   - max throughput at a fixed concurrency (closed loop), proxy pinned to one core;
+#   - the proxy's CPU time per request in that saturated run (/proc/PID/stat);
+#   - RSS idle and under load (VmRSS from /proc/PID/status);
+#   - p50/p99/p99.9 latency at fixed request rates (open loop, oha --latency-correction).
+# It refuses to report if other processes used noticeable CPU during a measurement.
+#
+# Usage: bench/run.sh [--quick] [--force] [--targets LIST] [--no-install] [--no-build]
+# Settings (environment): see usage() below.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+MAIN_PID=$BASHPID # the script's own process; its CPU (and that of oha, its child) is "ours"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+ALL_TARGETS="direct,mesh-1hop,mesh-2hop,haproxy,nginx"
+HOST_HEADER="echo.bench:8080" # the authority the mesh proxies resolve; sent to every target
+
+# ---------------------------------------------------------------------------------------------
+# Command line and settings
+# ---------------------------------------------------------------------------------------------
+
+usage() {
+    cat <<EOF
+Usage: bench/run.sh [options]
+
+Options:
+  --quick            short runs (3s per measurement, 1s warm-up) for a smoke test
+  --force            report even if other processes used CPU during a measurement
+                     (the report is then marked as NOISY)
+  --targets LIST     comma-separated subset of: $ALL_TARGETS (default: all)
+  --no-install       do not apt-get/cargo install anything (fail if missing)
+  --no-build         do not run cargo build (use the binaries in target/release)
+  -h, --help         this text
+
+Environment:
+  BENCH_DURATION          duration of each measurement, e.g. 10s, 30s, 1m (default 10s, quick 3s)
+  BENCH_WARMUP            warm-up before each target's measurements (default 2s, quick 1s)
+  BENCH_CONCURRENCY       connections for the max-throughput run (default 64)
+  BENCH_RATES             fixed request rates for latency, space-separated (default "1000 5000")
+  BENCH_RATE_CONNECTIONS  connections for the fixed-rate runs (default 32)
+  BENCH_MAX_OTHER_CPU     max CPU of other processes, % of one core, averaged (default 10)
+  BENCH_PROXY_CORE        core for the proxy / HAProxy / nginx (default 0)
+  BENCH_LOAD_CORE         core for the load generator and the upstream (default 1)
+  BENCH_PORT_BASE         first of the 127.0.0.1 ports used (default 19000)
+EOF
+}
+
+QUICK=0
+FORCE=0
+INSTALL=1
+BUILD=1
+TARGETS=$ALL_TARGETS
+
+parse_args() {
+    while (($# > 0)); do
+        case "$1" in
+            --quick) QUICK=1 ;;
+            --force) FORCE=1 ;;
+            --no-install) INSTALL=0 ;;
+            --no-build) BUILD=0 ;;
+            --targets)
+                [[ $# -ge 2 ]] || die "--targets needs a value"
+                TARGETS=$2
+                shift
+                ;;
+            --targets=*) TARGETS=${1#--targets=} ;;
+            -h | --help)
+                usage
+                exit 0
+                ;;
+            *) die "unknown argument '$1' (see --help)" ;;
+        esac
+        shift
+    done
+    local t
+    for t in ${TARGETS//,/ }; do
+        [[ ",$ALL_TARGETS," == *",$t,"* ]] || die "unknown target '$t' (known: $ALL_TARGETS)"
+    done
+
+    if ((QUICK)); then
+        DURATION=${BENCH_DURATION:-3s}
+        WARMUP=${BENCH_WARMUP:-1s}
+    else
+        DURATION=${BENCH_DURATION:-10s}
+        WARMUP=${BENCH_WARMUP:-2s}
+    fi
+    # A bare number means seconds (oha wants a unit).
+    [[ $DURATION =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
+    [[ $WARMUP =~ ^[0-9]+$ ]] && WARMUP="${WARMUP}s"
+    CONCURRENCY=${BENCH_CONCURRENCY:-64}
+    RATES=${BENCH_RATES:-1000 5000}
+    RATE_CONNECTIONS=${BENCH_RATE_CONNECTIONS:-32}
+    MAX_OTHER_CPU=${BENCH_MAX_OTHER_CPU:-10}
+    PROXY_CORE=${BENCH_PROXY_CORE:-0}
+    LOAD_CORE=${BENCH_LOAD_CORE:-1}
+    PORT_BASE=${BENCH_PORT_BASE:-19000}
+
+    # Ports, all on 127.0.0.1.
+    UPSTREAM_PORT=$((PORT_BASE + 1))
+    HAPROXY_PORT=$((PORT_BASE + 80))
+    NGINX_PORT=$((PORT_BASE + 81))
+    MESH1_OUT=$((PORT_BASE + 140)) MESH1_IN=$((PORT_BASE + 143)) MESH1_ADMIN=$((PORT_BASE + 191))
+    # Two hops: the server sidecar (next to the upstream) and the client sidecar (next to oha).
+    MESH2S_OUT=$((PORT_BASE + 240)) MESH2S_IN=$((PORT_BASE + 243)) MESH2S_ADMIN=$((PORT_BASE + 291))
+    MESH2C_OUT=$((PORT_BASE + 340)) MESH2C_IN=$((PORT_BASE + 343)) MESH2C_ADMIN=$((PORT_BASE + 391))
+}
+
+has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+    printf 'bench: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Processes this script started; all of them are stopped on exit.
+STARTED_PIDS=()
+WORK_DIR=""
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        # Give each a moment, then insist.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
+        # Keep the generated configs and the logs of the processes with the raw results.
+        [[ -n ${RUN_DIR:-} && -d ${RUN_DIR:-} ]] && cp -r "$WORK_DIR" "$RUN_DIR/work" 2>/dev/null
+        rm -rf "$WORK_DIR"
+    fi
+    exit "$rc"
+}
+
+# Stop some of the started processes (a target's) and forget them.
+stop_pids() {
+    local pid keep=() p
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    for p in "${STARTED_PIDS[@]}"; do
+        [[ " $* " == *" $p "* ]] || keep+=("$p")
+    done
+    STARTED_PIDS=("${keep[@]}")
+}
+
+# True if something accepts TCP connections on 127.0.0.1:$1.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Print the HTTP status of GET http://127.0.0.1:$1$2 with Host: $3 (000 if no answer).
+http_status() {
+    local port=$1 path=$2 host=$3
+    if command -v curl >/dev/null; then
+        curl -s -o /dev/null -m 2 -w '%{http_code}' -H "Host: $host" "http://127.0.0.1:$port$path" || true
+        return 0
+    fi
+    # Fallback without curl: a raw HTTP/1.1 request over bash's /dev/tcp.
+    local line
+    line=$(
+        exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 0
+        printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$host" >&3
+        timeout 2 head -n1 <&3
+    ) 2>/dev/null || true
+    [[ $line =~ ^HTTP/[0-9.]+\ ([0-9]{3}) ]] && echo "${BASH_REMATCH[1]}" || echo 000
+}
+
+# Wait until GET $2 on port $1 (Host: $3) answers 200; $4 = pid that must stay alive, $5 = log.
+wait_http_ok() {
+    local port=$1 path=$2 host=$3 pid=$4 logfile=$5 i
+    for i in $(seq 1 300); do
+        [[ $(http_status "$port" "$path" "$host") == 200 ]] && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "process $pid exited; last lines of $logfile:"
+            tail -n 20 "$logfile" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "no 200 from 127.0.0.1:$port$path after 30s; last lines of $logfile:"
+    tail -n 20 "$logfile" >&2 || true
+    return 1
+}
+
+# All pids of the process tree rooted at $1 (nginx: master + worker).
+tree_pids() {
+    local pid=$1 child
+    echo "$pid"
+    for child in $(pgrep -P "$pid" || true); do tree_pids "$child"; done
+}
+
+# The helpers below set REPLY instead of printing, so that they run in the script's own
+# process: a command substitution would fork, and forks during a measurement window blur the
+# CPU accounting. Times are in clock ticks (CLK_TCK per second).
+
+# REPLY = utime+stime of process $1 (all its threads). Fails if the process is gone.
+proc_ticks() {
+    local line
+    read -r line 2>/dev/null <"/proc/$1/stat" || return 1
+    local -a f
+    read -ra f <<<"${line##*) }" # f[0] is field 3 (state); field N is f[N-3]
+    REPLY=$((f[11] + f[12]))
+}
+
+# REPLY = sum of proc_ticks over the pids given. Fails if one is gone.
+sum_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        proc_ticks "$pid" || return 1
+        total=$((total + REPLY))
+    done
+    REPLY=$total
+}
+
+# REPLY = CPU of this script plus all the children it has reaped (utime+stime+cutime+cstime).
+# oha runs as a child of this script, so its CPU shows up here once it has exited.
+self_ticks() {
+    local line
+    read -r line <"/proc/$MAIN_PID/stat"
+    local -a f
+    read -ra f <<<"${line##*) }"
+    REPLY=$((f[11] + f[12] + f[13] + f[14]))
+}
+
+# REPLY = busy ticks of the whole machine: user+nice+system+irq+softirq (not idle, iowait,
+# steal). Per-process stime includes the softirq ticks spent in that process's context (here,
+# loopback TCP), so softirq must be on this side too or the processes exceed the total.
+busy_ticks() {
+    local _cpu user nice system idle iowait irq softirq _rest
+    read -r _cpu user nice system idle iowait irq softirq _rest </proc/stat
+    REPLY=$((user + nice + system + irq + softirq))
+}
+
+# REPLY = sum of VmRSS (KiB) over the pids given.
+rss_kib() {
+    local total=0 pid k v _u
+    for pid in "$@"; do
+        while read -r k v _u; do
+            if [[ $k == VmRSS: ]]; then
+                total=$((total + v))
+                break
+            fi
+        done <"/proc/$pid/status"
+    done
+    REPLY=$total
+}
+
+# Snapshot of every process's CPU (own + reaped children) into the named associative array,
+# used to name the culprits when a measurement was disturbed.
+snapshot_all_procs() {
+    local -n _snap=$1
+    _snap=()
+    local f line pid comm
+    local -a v
+    for f in /proc/[0-9]*/stat; do
+        read -r line 2>/dev/null <"$f" || continue
+        pid=${line%% *}
+        comm=${line#*(}
+        comm=${comm%)*}
+        read -ra v <<<"${line##*) }"
+        _snap[$pid]="$((v[11] + v[12] + v[13] + v[14])) ${comm// /_}"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup: tools, build, results directory
+# ---------------------------------------------------------------------------------------------
+
+install_tools() {
+    local missing=() tool
+    for tool in haproxy nginx jq curl taskset pgrep; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    if ((${#missing[@]} > 0)); then
+        ((INSTALL)) || die "missing tools: ${missing[*]} (run without --no-install)"
+        log "installing Debian packages for: ${missing[*]}"
+        local sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        $sudo apt-get update
+        # util-linux has taskset, procps has pgrep; both are normally present already.
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y haproxy nginx jq curl util-linux procps
+    fi
+    if ! command -v oha >/dev/null; then
+        ((INSTALL)) || die "oha is not on PATH (run without --no-install, or cargo install oha --locked)"
+        log "installing the load generator: cargo install oha --locked"
+        cargo install oha --locked
+    fi
+}
+
+build_binaries() {
+    local pkgs=(-p mesh-e2e)
+    if has_target mesh-1hop || has_target mesh-2hop; then pkgs+=(-p mesh-proxy); fi
+    if ((BUILD)); then
+        log "building: cargo build --release ${pkgs[*]} (fat LTO: this takes a few minutes)"
+        (cd "$ROOT" && cargo build --release "${pkgs[@]}")
+    fi
+    # cargo puts binaries in target/release unless CARGO_TARGET_DIR says otherwise.
+    local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+    ECHO_BIN=$target_dir/release/mesh-echo
+    PROXY_BIN=$target_dir/release/mesh-proxy
+    [[ -x $ECHO_BIN ]] || die "$ECHO_BIN not found (build with cargo build --release -p mesh-e2e)"
+    if has_target mesh-1hop || has_target mesh-2hop; then
+        [[ -x $PROXY_BIN ]] || die "$PROXY_BIN not found (build with cargo build --release -p mesh-proxy)"
+    fi
+}
+
+check_machine() {
+    local ncpu
+    ncpu=$(nproc --all)
+    ((ncpu >= 2)) || die "needs at least 2 cores (proxy on one, load generator + upstream on the other)"
+    ((ncpu == 2)) || log "note: $ncpu cores; only cores $PROXY_CORE and $LOAD_CORE are used"
+    CLK_TCK=$(getconf CLK_TCK)
+    # HAProxy refuses a maxconn it cannot back with file descriptors; raise the limit if we can.
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    NOFILE=$(ulimit -n)
+    local port
+    for port in "$UPSTREAM_PORT" "$HAPROXY_PORT" "$NGINX_PORT" "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" \
+        "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN"; do
+        port_open "$port" && die "127.0.0.1:$port is already in use (set BENCH_PORT_BASE)"
+    done
+    return 0
+}
+
+make_dirs() {
+    RUN_ID=$(date +%Y%m%d-%H%M%S)
+    RUN_DIR=$BENCH_DIR/results/$RUN_ID
+    mkdir -p "$RUN_DIR"
+    ln -sfn "$RUN_ID" "$BENCH_DIR/results/latest"
+    WORK_DIR=$(mktemp -d /tmp/mesh-bench.XXXXXX)
+    MEASUREMENTS=$RUN_DIR/measurements.tsv
+    printf '%s\n' "target	kind	rate	elapsed_s	responses	ok	errors	rps	p50_s	p99_s	p999_s	target_ticks	cpu_us_per_req	target_core_pct	rss_idle_kib	rss_load_kib	other_cpu_pct	noisy" >"$MEASUREMENTS"
+}
+
+record_environment() {
+    {
+        echo "date: $(date -Is)"
+        echo "host: $(uname -srm)"
+        echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') x $(nproc --all)"
+        echo "git: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo 'no commit')$(cd "$ROOT" && [[ -n $(git status --porcelain 2>/dev/null) ]] && echo ' (dirty)')"
+        echo "oha: $(oha --version 2>/dev/null | head -n1)"
+        echo "haproxy: $(haproxy -v 2>/dev/null | head -n1)"
+        echo "nginx: $(nginx -v 2>&1 | head -n1)"
+        echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS"
+        echo "cores: proxy=$PROXY_CORE load+upstream=$LOAD_CORE  max-other-cpu: ${MAX_OTHER_CPU}%  force: $FORCE  quick: $QUICK"
+        echo "targets: $TARGETS"
+        echo "nofile: $NOFILE  clk_tck: $CLK_TCK"
+    } >"$RUN_DIR/env.txt"
+}
+
+# Before starting, make sure the machine is quiet: a busy machine would fail every measurement.
+preflight_quiet_check() {
+    local b0 b1 s0 s1 t0 t1 pct
+    busy_ticks; b0=$REPLY
+    self_ticks; s0=$REPLY
+    t0=$EPOCHREALTIME
+    sleep 2
+    busy_ticks; b1=$REPLY
+    self_ticks; s1=$REPLY
+    t1=$EPOCHREALTIME
+    pct=$(awk -v b="$((b1 - b0 - (s1 - s0)))" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.1f", 100 * b / ((t1 - t0) * hz) }')
+    log "machine idle check: other processes used ${pct}% of a core"
+    if awk -v p="$pct" -v m="$MAX_OTHER_CPU" 'BEGIN { exit !(p > m) }'; then
+        if ((FORCE)); then
+            log "warning: the machine is busy (--force given, going on)"
+        else
+            die "the machine is busy before the benchmark (${pct}% of a core used by other processes, limit ${MAX_OTHER_CPU}%). Stop them (a cargo build?) or pass --force."
+        fi
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# The processes under test
+# ---------------------------------------------------------------------------------------------
+
+UPSTREAM_PID=""
+
+start_upstream() {
+    local logf=$WORK_DIR/upstream.log
+    taskset -c "$LOAD_CORE" "$ECHO_BIN" serve --listen "127.0.0.1:$UPSTREAM_PORT" --name up --quiet \
+        >"$logf" 2>&1 &
+    UPSTREAM_PID=$!
+    STARTED_PIDS+=("$UPSTREAM_PID")
+    wait_http_ok "$UPSTREAM_PORT" / "$HOST_HEADER" "$UPSTREAM_PID" "$logf" || die "the upstream did not start"
+    log "upstream mesh-echo on 127.0.0.1:$UPSTREAM_PORT (pid $UPSTREAM_PID, core $LOAD_CORE)"
+}
+
+# Each start_<target> sets TARGET_PIDS (the processes whose CPU and memory are measured, empty
+# for direct), TARGET_PORT (where oha sends) and TARGET_LABEL.
+
+start_direct() {
+    TARGET_PIDS=()
+    TARGET_PORT=$UPSTREAM_PORT
+    TARGET_LABEL="direct (no proxy)"
+}
+
+start_haproxy() {
+    local cfg=$WORK_DIR/haproxy.cfg logf=$WORK_DIR/haproxy.log
+    # maxconn needs about 2 fds per connection (client side + server side).
+    local maxconn=$(((NOFILE - 200) / 2))
+    ((maxconn > 4096)) && maxconn=4096
+    cat >"$cfg" <<EOF
+# Generated by bench/run.sh: a plain HTTP reverse proxy, the equivalent of one mesh-proxy hop.
+global
+    nbthread 1
+    maxconn $maxconn
+    # no "log" line: no logging, like the mesh-proxy at MESH_PROXY_LOG=warn
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    # reuse idle upstream connections across client connections (a connection pool)
+    http-reuse always
+
+frontend bench
+    bind 127.0.0.1:$HAPROXY_PORT
+    default_backend upstream
+
+backend upstream
+    server up 127.0.0.1:$UPSTREAM_PORT
+EOF
+    haproxy -c -q -f "$cfg" >"$logf" 2>&1 || {
+        cat "$logf" >&2
+        die "haproxy rejected its configuration"
+    }
+    # -db: stay in the foreground, no daemon, no master process.
+    taskset -c "$PROXY_CORE" haproxy -db -f "$cfg" >>"$logf" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_http_ok "$HAPROXY_PORT" / "$HOST_HEADER" "$pid" "$logf" || die "haproxy did not start"
+    mapfile -t TARGET_PIDS < <(tree_pids "$pid")
+    TARGET_PORT=$HAPROXY_PORT
+    TARGET_LABEL="HAProxy $(haproxy -v | awk 'NR==1 {print $3}')"
+}
+
+start_nginx() {
+    local dir=$WORK_DIR/nginx logf=$WORK_DIR/nginx/error.log
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+# Generated by bench/run.sh: a plain HTTP reverse proxy, the equivalent of one mesh-proxy hop.
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $dir/nginx.pid;
+error_log $logf warn;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+
+    # nginx closes a keep-alive connection after 1000 requests by default, on both sides;
+    # that would make it reconnect all the time under load.
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+
+    upstream upstream {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 256;
+        keepalive_requests 10000000;
+        keepalive_timeout 60s;
+    }
+
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+        }
+    }
+}
+EOF
+    nginx -t -q -p "$dir" -e "$logf" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 || {
+        cat "$dir/stdout.log" "$logf" >&2
+        die "nginx rejected its configuration"
+    }
+    taskset -c "$PROXY_CORE" nginx -p "$dir" -e "$logf" -c "$dir/nginx.conf" >>"$dir/stdout.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_http_ok "$NGINX_PORT" / "$HOST_HEADER" "$pid" "$logf" || die "nginx did not start"
+    mapfile -t TARGET_PIDS < <(tree_pids "$pid") # master + the one worker
+    ((${#TARGET_PIDS[@]} == 2)) || log "warning: expected nginx master + 1 worker, found ${#TARGET_PIDS[@]} processes"
+    TARGET_PORT=$NGINX_PORT
+    TARGET_LABEL="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
+}
+
+# Start one mesh-proxy: $1 name, $2 outbound, $3 inbound, $4 admin port, $5 static config file.
+# Sets REPLY to its pid.
+start_mesh_proxy() {
+    local name=$1 out=$2 in=$3 admin=$4 config=$5 logf=$WORK_DIR/$1.log
+    MESH_PROXY_OUTBOUND_ADDR=127.0.0.1:$out \
+        MESH_PROXY_INBOUND_ADDR=127.0.0.1:$in \
+        MESH_PROXY_INBOUND_FORWARD=127.0.0.1:$UPSTREAM_PORT \
+        MESH_PROXY_ADMIN_ADDR=127.0.0.1:$admin \
+        MESH_PROXY_STATIC_CONFIG=$config \
+        MESH_PROXY_LOG=warn \
+        taskset -c "$PROXY_CORE" "$PROXY_BIN" >"$logf" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_http_ok "$admin" /ready "127.0.0.1:$admin" "$pid" "$logf" ||
+        die "mesh-proxy '$name' did not become ready on 127.0.0.1:$admin/ready (run with --targets direct,haproxy,nginx to skip the mesh)"
+    log "mesh-proxy '$name' ready (pid $pid, outbound :$out, inbound :$in, admin :$admin)"
+    REPLY=$pid
+}
+
+start_mesh-1hop() {
+    local cfg=$WORK_DIR/mesh-1hop.yaml
+    cat >"$cfg" <<EOF
+# one hop: the outbound side connects straight to the upstream
+services:
+  - authority: "$HOST_HEADER"
+    endpoints:
+      - addr: "127.0.0.1:$UPSTREAM_PORT"
+EOF
+    start_mesh_proxy mesh-1hop "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" "$cfg"
+    TARGET_PIDS=("$REPLY")
+    TARGET_PORT=$MESH1_OUT
+    TARGET_LABEL="mesh-proxy, 1 hop"
+    wait_http_ok "$TARGET_PORT" / "$HOST_HEADER" "$REPLY" "$WORK_DIR/mesh-1hop.log" ||
+        die "mesh-proxy does not route $HOST_HEADER to the upstream"
+}
+
+start_mesh-2hop() {
+    local server_cfg=$WORK_DIR/mesh-2hop-server.yaml client_cfg=$WORK_DIR/mesh-2hop-client.yaml
+    # The server sidecar only needs its inbound side; give it an empty service list.
+    printf 'services: []\n' >"$server_cfg"
+    cat >"$client_cfg" <<EOF
+# two hops: the client sidecar sends HTTP/2 to the server sidecar's inbound port,
+# which forwards to the upstream
+services:
+  - authority: "$HOST_HEADER"
+    endpoints:
+      - addr: "127.0.0.1:$UPSTREAM_PORT"
+        hint: { kind: meshed_h2, inbound_port: $MESH2S_IN }
+EOF
+    start_mesh_proxy mesh-2hop-server "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" "$server_cfg"
+    local server_pid=$REPLY
+    start_mesh_proxy mesh-2hop-client "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN" "$client_cfg"
+    TARGET_PIDS=("$REPLY" "$server_pid")
+    TARGET_PORT=$MESH2C_OUT
+    TARGET_LABEL="mesh-proxy, 2 hops (both proxies)"
+    wait_http_ok "$TARGET_PORT" / "$HOST_HEADER" "$REPLY" "$WORK_DIR/mesh-2hop-client.log" ||
+        die "the two-hop mesh path does not reach the upstream"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+# Run oha against the current target on the load core. $1 = output file, rest = extra args.
+run_oha() {
+    local out=$1
+    shift
+    taskset -c "$LOAD_CORE" oha --no-tui --output-format json --worker-threads 1 \
+        --host "$HOST_HEADER" "$@" "http://127.0.0.1:$TARGET_PORT/" >"$out" 2>"$out.stderr"
+}
+
+# Sample the VmRSS of the target while oha runs; writes the maximum (KiB) to $1.
+rss_sampler() {
+    local out=$1 max=0
+    trap 'exit 0' TERM
+    while :; do
+        rss_kib "${TARGET_PIDS[@]}" 2>/dev/null || true
+        ((REPLY > max)) && max=$REPLY
+        echo "$max" >"$out"
+        sleep 0.2
+    done
+}
+
+# One measurement: $1 target id, $2 kind (max|rate), $3 rate (or "-"), $4 raw output file,
+# rest = oha arguments. Appends a row to measurements.tsv; exits if the machine was noisy.
+measure() {
+    local target=$1 kind=$2 rate=$3 out=$4
+    shift 4
+    local -A procs0 procs1
+    local t0 t1 b0 b1 s0 s1 p0 p1 u0 u1 sampler="" rss_file=$out.rss
+    snapshot_all_procs procs0
+
+    # Before: wall clock, machine busy ticks, our ticks, the target's and the upstream's.
+    t0=$EPOCHREALTIME
+    busy_ticks; b0=$REPLY
+    sum_ticks "${TARGET_PIDS[@]}"; p0=$REPLY
+    proc_ticks "$UPSTREAM_PID"; u0=$REPLY
+    if [[ $kind == max && ${#TARGET_PIDS[@]} -gt 0 ]]; then
+        rss_sampler "$rss_file" &
+        sampler=$!
+    fi
+    self_ticks; s0=$REPLY
+
+    local oha_rc=0
+    run_oha "$out" "$@" || oha_rc=$?
+
+    if [[ -n $sampler ]]; then
+        kill -TERM "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true # reaped: its CPU joins ours
+    fi
+    # After.
+    self_ticks; s1=$REPLY
+    busy_ticks; b1=$REPLY
+    sum_ticks "${TARGET_PIDS[@]}" || die "a $target process exited during the measurement (see $RUN_DIR/work)"
+    p1=$REPLY
+    proc_ticks "$UPSTREAM_PID" || die "the upstream exited during the measurement"
+    u1=$REPLY
+    t1=$EPOCHREALTIME
+    snapshot_all_procs procs1
+
+    ((oha_rc == 0)) || {
+        cat "$out.stderr" >&2
+        die "oha failed ($oha_rc) against $target"
+    }
+
+    # What oha saw. Errors "aborted due to deadline" are the requests in flight when the
+    # duration ended; they are not failures.
+    local responses ok errors total p50 p99 p999
+    read -r responses ok errors total p50 p99 p999 < <(jq -r '[
+        ([.statusCodeDistribution[]] | add // 0),
+        (.statusCodeDistribution["200"] // 0),
+        ((.errorDistribution | to_entries | map(select(.key != "aborted due to deadline") | .value) | add) // 0),
+        .summary.total,
+        (.latencyPercentiles.p50 // "nan"),
+        (.latencyPercentiles.p99 // "nan"),
+        (.latencyPercentiles["p99.9"] // "nan")
+      ] | @tsv' "$out")
+    errors=$((errors + responses - ok))
+    ((ok > 0)) || die "no successful response from $target (see $out)"
+
+    local rss_idle=${TARGET_RSS_IDLE:-0} rss_load=0
+    [[ -f $rss_file ]] && rss_load=$(<"$rss_file")
+
+    # Derived figures, and the CPU used by everyone else during the window.
+    local row other noisy=0
+    row=$(awk -v hz="$CLK_TCK" -v el="$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" \
+        -v busy="$((b1 - b0))" -v self="$((s1 - s0))" -v tgt="$((p1 - p0))" -v up="$((u1 - u0))" \
+        -v resp="$responses" -v total="$total" 'BEGIN {
+            other = 100 * (busy - self - tgt - up) / (el * hz)
+            rps = resp / total
+            cpu_us = resp > 0 ? tgt / hz * 1e6 / resp : 0
+            core = 100 * tgt / (total * hz)
+            printf "%.3f\t%.1f\t%.3f\t%.1f\t%.1f", el, rps, cpu_us, core, other
+        }')
+    local elapsed rps cpu_us core_pct
+    IFS=$'\t' read -r elapsed rps cpu_us core_pct other <<<"$row"
+    if awk -v o="$other" -v m="$MAX_OTHER_CPU" 'BEGIN { exit !(o > m) }'; then
+        noisy=1
+        log "other processes used ${other}% of a core during $target/$kind${rate:+ $rate}; top users:"
+        report_culprits procs0 procs1 "$elapsed" >&2
+        if ((!FORCE)); then
+            die "refusing to report: the machine was not quiet (limit ${MAX_OTHER_CPU}% of a core). Stop the other work and run again, or pass --force to report anyway (marked NOISY). Raw data so far: $RUN_DIR"
+        fi
+        NOISY_NOTES+=("$target $kind${rate:+ $rate}/s: other processes used ${other}% of a core")
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$target" "$kind" "$rate" "$elapsed" "$responses" "$ok" "$errors" "$rps" "$p50" "$p99" "$p999" \
+        "$((p1 - p0))" "$cpu_us" "$core_pct" "$rss_idle" "$rss_load" "$other" "$noisy" >>"$MEASUREMENTS"
+    log "  $kind${rate:+ @$rate/s}: ${rps} req/s, p50 $(us "$p50") p99 $(us "$p99") p99.9 $(us "$p999"), errors $errors, proxy core ${core_pct}%, others ${other}%"
+}
+
+us() { awk -v s="$1" 'BEGIN { if (s == "nan") print "n/a"; else printf "%.0fus", s * 1e6 }'; }
+
+# Print the processes (other than ours) that used the most CPU between two snapshots.
+report_culprits() {
+    local -n _a=$1 _b=$2
+    local el=$3 pid
+    for pid in "${!_b[@]}"; do
+        [[ -n ${_a[$pid]:-} ]] || continue
+        local nb=${_b[$pid]%% *} na=${_a[$pid]%% *}
+        ((nb > na)) && printf '%s %s %s\n' "$((nb - na))" "$pid" "${_b[$pid]#* }"
+    done | sort -rn | head -n 8 | awk -v hz="$CLK_TCK" -v el="$el" \
+        '{ printf "    %6.1f%% of a core  pid %-7s %s\n", 100 * $1 / (el * hz), $2, $3 }'
+    echo "    (includes the processes under test; short-lived ones show under their parent once reaped)"
+}
+
+NOISY_NOTES=()
+
+# All measurements for one target.
+bench_target() {
+    local target=$1
+    log "=== $target ==="
+    "start_$target"
+    TARGET_RSS_IDLE=0
+    if ((${#TARGET_PIDS[@]} > 0)); then
+        rss_kib "${TARGET_PIDS[@]}"
+        TARGET_RSS_IDLE=$REPLY
+        log "  $TARGET_LABEL: pids ${TARGET_PIDS[*]}, idle RSS $((TARGET_RSS_IDLE / 1024)) MiB"
+    fi
+    echo "$target	$TARGET_LABEL" >>"$RUN_DIR/labels.tsv"
+
+    # Warm up (connection pools, caches, allocator) at the same concurrency.
+    run_oha "$RUN_DIR/$target-warmup.json" -c "$CONCURRENCY" -z "$WARMUP" || die "warm-up against $target failed"
+
+    measure "$target" max "" "$RUN_DIR/$target-max.json" -c "$CONCURRENCY" -z "$DURATION"
+    local rate
+    for rate in $RATES; do
+        measure "$target" rate "$rate" "$RUN_DIR/$target-rate$rate.json" \
+            -q "$rate" --latency-correction -c "$RATE_CONNECTIONS" -z "$DURATION"
+    done
+
+    if ((${#TARGET_PIDS[@]} > 0)); then
+        # Stop the target's processes (for nginx/haproxy the first pid is the parent).
+        local own=() p
+        for p in "${TARGET_PIDS[@]}"; do
+            [[ " ${STARTED_PIDS[*]} " == *" $p "* ]] && own+=("$p")
+        done
+        stop_pids "${own[@]}"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+write_report() {
+    local report=$RUN_DIR/report.md
+    {
+        echo "# mesh-proxy benchmark, $(date '+%Y-%m-%d %H:%M')"
+        echo
+        if ((${#NOISY_NOTES[@]} > 0)); then
+            echo "**NOISY RUN (reported with --force): other processes used CPU during measurements; do not trust these figures.**"
+            printf -- '- %s\n' "${NOISY_NOTES[@]}"
+            echo
+        fi
+        echo '```'
+        cat "$RUN_DIR/env.txt"
+        echo '```'
+        echo
+        awk -F'\t' -v conc="$CONCURRENCY" -v rates="$RATES" -f "$BENCH_DIR/report.awk" \
+            "$RUN_DIR/labels.tsv" "$MEASUREMENTS"
+    } >"$report"
+    cat "$report"
+    log "raw results and report: $RUN_DIR"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+main() {
+    parse_args "$@"
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    install_tools
+    build_binaries
+    check_machine
+    make_dirs
+    record_environment
+
+    # From here on the script itself (and so oha, the sampler) runs on the load core; the
+    # proxies are started with their own taskset.
+    taskset -cp "$LOAD_CORE" "$MAIN_PID" >/dev/null
+
+    preflight_quiet_check
+    start_upstream
+    local target
+    for target in ${ALL_TARGETS//,/ }; do
+        has_target "$target" && bench_target "$target"
+    done
+    write_report
+}
+
+main "$@"

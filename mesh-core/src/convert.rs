@@ -1,0 +1,492 @@
+//! Conversions between `mesh-proto` messages and the validated model.
+//! Messages from the wire are untrusted: every conversion validates, and an error names the
+//! field (`endpoints[3].address.ip`) so a controller bug can be found from a proxy's log.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use mesh_proto::v1 as pb;
+
+use crate::route::ValueMatch;
+use crate::{
+    BackendPolicy, BalancerKind, Endpoint, HeaderMatch, Identity, InvalidValue, PathMatch,
+    Pattern, ProtocolHint, QueryParamMatch, RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch,
+    ServiceProfile, WeightedBackend,
+};
+
+pub fn addr_from_proto(a: &pb::TcpAddress) -> Result<SocketAddr, InvalidValue> {
+    let ip = match a.ip.len() {
+        4 => {
+            let b: [u8; 4] = a.ip[..].try_into().map_err(|_| InvalidValue::new("ip", "bad length"))?;
+            IpAddr::V4(Ipv4Addr::from(b))
+        }
+        16 => {
+            let b: [u8; 16] = a.ip[..].try_into().map_err(|_| InvalidValue::new("ip", "bad length"))?;
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        n => {
+            return Err(InvalidValue::new(
+                "ip",
+                format!("{n} bytes; an IP address has 4 or 16"),
+            ))
+        }
+    };
+    let port = u16::try_from(a.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| InvalidValue::new("port", format!("{} is not a TCP port", a.port)))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+pub fn addr_to_proto(a: SocketAddr) -> pb::TcpAddress {
+    let ip = match a.ip() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    pb::TcpAddress {
+        ip,
+        port: a.port() as u32,
+    }
+}
+
+fn required<'a, T>(v: &'a Option<T>, field: &str) -> Result<&'a T, InvalidValue> {
+    v.as_ref()
+        .ok_or_else(|| InvalidValue::new(field, "is required"))
+}
+
+impl TryFrom<&pb::Endpoint> for Endpoint {
+    type Error = InvalidValue;
+
+    fn try_from(e: &pb::Endpoint) -> Result<Self, Self::Error> {
+        let addr = addr_from_proto(required(&e.address, "address")?).map_err(|e| e.within("address"))?;
+        let identity = if e.identity.is_empty() {
+            None
+        } else {
+            Some(Identity::parse(&e.identity).map_err(|e| e.within("identity"))?)
+        };
+        let hint = match e.hint.as_ref().and_then(|h| h.kind.as_ref()) {
+            None => ProtocolHint::Unknown,
+            Some(pb::protocol_hint::Kind::Opaque(_)) => ProtocolHint::Opaque,
+            Some(pb::protocol_hint::Kind::MeshedH2(m)) => ProtocolHint::MeshedH2 {
+                inbound_port: match m.inbound_port {
+                    0 => None,
+                    p => Some(u16::try_from(p).map_err(|_| {
+                        InvalidValue::new("hint.meshed_h2.inbound_port", format!("{p} is not a TCP port"))
+                    })?),
+                },
+            },
+        };
+        Ok(Endpoint {
+            addr,
+            weight: e.weight.max(1),
+            zone: (!e.zone.is_empty()).then(|| e.zone.clone()),
+            identity,
+            hint,
+            labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
+    }
+}
+
+impl From<&Endpoint> for pb::Endpoint {
+    fn from(e: &Endpoint) -> Self {
+        pb::Endpoint {
+            address: Some(addr_to_proto(e.addr)),
+            weight: e.weight,
+            zone: e.zone.clone().unwrap_or_default(),
+            identity: e.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+            hint: match e.hint {
+                ProtocolHint::Unknown => None,
+                ProtocolHint::Opaque => Some(pb::ProtocolHint {
+                    kind: Some(pb::protocol_hint::Kind::Opaque(pb::protocol_hint::Opaque {})),
+                }),
+                ProtocolHint::MeshedH2 { inbound_port } => Some(pb::ProtocolHint {
+                    kind: Some(pb::protocol_hint::Kind::MeshedH2(pb::protocol_hint::MeshedH2 {
+                        inbound_port: inbound_port.unwrap_or(0) as u32,
+                    })),
+                }),
+            },
+            labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+/// Converts a list of endpoint messages, naming the index of a bad one.
+pub fn endpoints_from_proto(list: &[pb::Endpoint]) -> Result<Vec<Endpoint>, InvalidValue> {
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| Endpoint::try_from(e).map_err(|err| err.within(format!("endpoints[{i}]"))))
+        .collect()
+}
+
+fn value_match(exact: Option<&String>, regex: Option<&String>) -> Result<ValueMatch, InvalidValue> {
+    match (exact, regex) {
+        (Some(e), _) => Ok(ValueMatch::Exact(e.clone())),
+        (None, Some(r)) => Ok(ValueMatch::Regex(Pattern::new(r).map_err(|e| e.within("regex"))?)),
+        (None, None) => Err(InvalidValue::new("value", "needs `exact` or `regex`")),
+    }
+}
+
+fn value_to_proto<T>(v: &ValueMatch, exact: fn(String) -> T, regex: fn(String) -> T) -> T {
+    match v {
+        ValueMatch::Exact(e) => exact(e.clone()),
+        ValueMatch::Regex(r) => regex(r.as_str().to_string()),
+    }
+}
+
+impl TryFrom<&pb::RouteMatch> for RouteMatch {
+    type Error = InvalidValue;
+
+    fn try_from(m: &pb::RouteMatch) -> Result<Self, Self::Error> {
+        use pb::header_match::Value as H;
+        use pb::path_match::Kind as P;
+        use pb::query_param_match::Value as Q;
+        let path = match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
+            None => None,
+            Some(P::Exact(p)) => Some(PathMatch::Exact(p.clone())),
+            Some(P::Prefix(p)) => Some(PathMatch::Prefix(p.clone())),
+            Some(P::Regex(r)) => Some(PathMatch::Regex(Pattern::new(r).map_err(|e| e.within("path.regex"))?)),
+        };
+        let headers = m
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let (exact, regex) = match &h.value {
+                    Some(H::Exact(e)) => (Some(e), None),
+                    Some(H::Regex(r)) => (None, Some(r)),
+                    None => (None, None),
+                };
+                Ok(HeaderMatch {
+                    name: h.name.to_ascii_lowercase(),
+                    value: value_match(exact, regex).map_err(|e| e.within(format!("headers[{i}]")))?,
+                })
+            })
+            .collect::<Result<_, InvalidValue>>()?;
+        let query_params = m
+            .query_params
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (exact, regex) = match &q.value {
+                    Some(Q::Exact(e)) => (Some(e), None),
+                    Some(Q::Regex(r)) => (None, Some(r)),
+                    None => (None, None),
+                };
+                Ok(QueryParamMatch {
+                    name: q.name.clone(),
+                    value: value_match(exact, regex).map_err(|e| e.within(format!("query_params[{i}]")))?,
+                })
+            })
+            .collect::<Result<_, InvalidValue>>()?;
+        Ok(RouteMatch {
+            path,
+            headers,
+            method: (!m.method.is_empty()).then(|| m.method.clone()),
+            query_params,
+        })
+    }
+}
+
+impl From<&RouteMatch> for pb::RouteMatch {
+    fn from(m: &RouteMatch) -> Self {
+        use pb::path_match::Kind as P;
+        pb::RouteMatch {
+            path: m.path.as_ref().map(|p| pb::PathMatch {
+                kind: Some(match p {
+                    PathMatch::Exact(s) => P::Exact(s.clone()),
+                    PathMatch::Prefix(s) => P::Prefix(s.clone()),
+                    PathMatch::Regex(r) => P::Regex(r.as_str().to_string()),
+                }),
+            }),
+            headers: m
+                .headers
+                .iter()
+                .map(|h| pb::HeaderMatch {
+                    name: h.name.clone(),
+                    value: Some(value_to_proto(
+                        &h.value,
+                        pb::header_match::Value::Exact,
+                        pb::header_match::Value::Regex,
+                    )),
+                })
+                .collect(),
+            method: m.method.clone().unwrap_or_default(),
+            query_params: m
+                .query_params
+                .iter()
+                .map(|q| pb::QueryParamMatch {
+                    name: q.name.clone(),
+                    value: Some(value_to_proto(
+                        &q.value,
+                        pb::query_param_match::Value::Exact,
+                        pb::query_param_match::Value::Regex,
+                    )),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<&pb::RetryPolicy> for RetryPolicy {
+    type Error = InvalidValue;
+
+    fn try_from(r: &pb::RetryPolicy) -> Result<Self, Self::Error> {
+        let defaults = RetryPolicy::default();
+        let mut on = Vec::new();
+        for (i, raw) in r.on.iter().enumerate() {
+            on.push(match pb::RetryOn::try_from(*raw) {
+                Ok(pb::RetryOn::RetryOn5xx) => RetryOn::ServerError,
+                Ok(pb::RetryOn::GatewayError) => RetryOn::GatewayError,
+                Ok(pb::RetryOn::ConnectFailure) => RetryOn::ConnectFailure,
+                Ok(pb::RetryOn::Grpc) => RetryOn::Grpc,
+                _ => return Err(InvalidValue::new(format!("on[{i}]"), format!("unknown condition {raw}"))),
+            });
+        }
+        let p = RetryPolicy {
+            max_retries: r.max_retries,
+            on: if on.is_empty() { defaults.on } else { on },
+            grpc_codes: if r.grpc_codes.is_empty() { defaults.grpc_codes } else { r.grpc_codes.clone() },
+            backoff_base: ms_or(r.backoff_base_ms, defaults.backoff_base),
+            backoff_max: ms_or(r.backoff_max_ms, defaults.backoff_max),
+            max_body_bytes: if r.max_body_bytes == 0 { defaults.max_body_bytes } else { r.max_body_bytes },
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+fn ms_or(ms: u32, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms as u64)
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl From<&RetryPolicy> for pb::RetryPolicy {
+    fn from(r: &RetryPolicy) -> Self {
+        pb::RetryPolicy {
+            max_retries: r.max_retries,
+            on: r
+                .on
+                .iter()
+                .map(|o| match o {
+                    RetryOn::ServerError => pb::RetryOn::RetryOn5xx,
+                    RetryOn::GatewayError => pb::RetryOn::GatewayError,
+                    RetryOn::ConnectFailure => pb::RetryOn::ConnectFailure,
+                    RetryOn::Grpc => pb::RetryOn::Grpc,
+                } as i32)
+                .collect(),
+            grpc_codes: r.grpc_codes.clone(),
+            backoff_base_ms: ms(r.backoff_base),
+            backoff_max_ms: ms(r.backoff_max),
+            max_body_bytes: r.max_body_bytes,
+        }
+    }
+}
+
+impl TryFrom<&pb::Route> for Route {
+    type Error = InvalidValue;
+
+    fn try_from(r: &pb::Route) -> Result<Self, Self::Error> {
+        let route = Route {
+            name: r.name.clone(),
+            matches: r
+                .matches
+                .iter()
+                .enumerate()
+                .map(|(i, m)| RouteMatch::try_from(m).map_err(|e| e.within(format!("matches[{i}]"))))
+                .collect::<Result<_, _>>()?,
+            backends: r
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    Ok(WeightedBackend {
+                        authority: b
+                            .authority
+                            .parse()
+                            .map_err(|e: InvalidValue| e.within(format!("backends[{i}].authority")))?,
+                        weight: b.weight,
+                    })
+                })
+                .collect::<Result<_, InvalidValue>>()?,
+            timeout: (r.timeout_ms > 0).then(|| Duration::from_millis(r.timeout_ms as u64)),
+            retry: r
+                .retry
+                .as_ref()
+                .map(RetryPolicy::try_from)
+                .transpose()
+                .map_err(|e| e.within("retry"))?,
+            retryable: r.retryable,
+        };
+        route.validate()?;
+        Ok(route)
+    }
+}
+
+impl From<&Route> for pb::Route {
+    fn from(r: &Route) -> Self {
+        pb::Route {
+            name: r.name.clone(),
+            matches: r.matches.iter().map(Into::into).collect(),
+            backends: r
+                .backends
+                .iter()
+                .map(|b| pb::WeightedBackend {
+                    authority: b.authority.to_string(),
+                    weight: b.weight,
+                })
+                .collect(),
+            timeout_ms: r.timeout.map(ms).unwrap_or(0).max(u32::from(r.timeout.is_some())),
+            retry: r.retry.as_ref().map(Into::into),
+            retryable: r.retryable,
+        }
+    }
+}
+
+impl TryFrom<&pb::BackendPolicy> for BackendPolicy {
+    type Error = InvalidValue;
+
+    fn try_from(p: &pb::BackendPolicy) -> Result<Self, Self::Error> {
+        let balancer = match pb::Balancer::try_from(p.balancer) {
+            Ok(pb::Balancer::Unspecified | pb::Balancer::P2cPeakEwma) => BalancerKind::P2cPeakEwma,
+            Ok(pb::Balancer::RoundRobin) => BalancerKind::RoundRobin,
+            Err(_) => return Err(InvalidValue::new("balancer", format!("unknown balancer {}", p.balancer))),
+        };
+        let defaults = RetryBudget::default();
+        let retry_budget = match &p.retry_budget {
+            None => defaults,
+            Some(b) => RetryBudget {
+                ratio: b.ratio,
+                min_retries_per_second: b.min_retries_per_second,
+                ttl: ms_or(b.ttl_ms, defaults.ttl),
+            },
+        };
+        let policy = BackendPolicy { balancer, retry_budget };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+impl From<&BackendPolicy> for pb::BackendPolicy {
+    fn from(p: &BackendPolicy) -> Self {
+        pb::BackendPolicy {
+            balancer: match p.balancer {
+                BalancerKind::P2cPeakEwma => pb::Balancer::P2cPeakEwma,
+                BalancerKind::RoundRobin => pb::Balancer::RoundRobin,
+            } as i32,
+            retry_budget: Some(pb::RetryBudget {
+                ratio: p.retry_budget.ratio,
+                min_retries_per_second: p.retry_budget.min_retries_per_second,
+                ttl_ms: ms(p.retry_budget.ttl),
+            }),
+        }
+    }
+}
+
+impl TryFrom<&pb::ServiceProfile> for ServiceProfile {
+    type Error = InvalidValue;
+
+    fn try_from(p: &pb::ServiceProfile) -> Result<Self, Self::Error> {
+        let profile = ServiceProfile {
+            routes: p
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Route::try_from(r).map_err(|e| e.within(format!("routes[{i}]"))))
+                .collect::<Result<_, _>>()?,
+            policy: p
+                .policy
+                .as_ref()
+                .map(BackendPolicy::try_from)
+                .transpose()
+                .map_err(|e| e.within("policy"))?
+                .unwrap_or_default(),
+        };
+        profile.validate()?;
+        Ok(profile)
+    }
+}
+
+impl From<&ServiceProfile> for pb::ServiceProfile {
+    fn from(p: &ServiceProfile) -> Self {
+        pb::ServiceProfile {
+            routes: p.routes.iter().map(Into::into).collect(),
+            policy: Some((&p.policy).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bad_endpoint_names_the_field() {
+        let e = pb::Endpoint {
+            address: Some(pb::TcpAddress { ip: vec![1, 2, 3], port: 80 }),
+            ..Default::default()
+        };
+        let err = endpoints_from_proto(&[e]).unwrap_err();
+        assert_eq!(err.field, "endpoints[0].address.ip");
+        let e = pb::Endpoint::default();
+        assert_eq!(Endpoint::try_from(&e).unwrap_err().field, "address");
+    }
+
+    #[test]
+    fn profile_round_trips_through_proto() {
+        let yaml = r#"
+routes:
+  - name: api
+    matches: [ { path: { prefix: /api }, method: GET, headers: [ { name: x-v, regex: "v[0-9]" } ] } ]
+    backends: [ { authority: "a:80", weight: 9 }, { authority: "b:80", weight: 1 } ]
+    timeout: 1500ms
+    retry: { max_retries: 3, on: [5xx, grpc], grpc_codes: [4, 14] }
+    retryable: true
+policy: { balancer: round_robin, retry_budget: { ratio: 0.5, min_retries_per_second: 3, ttl: 5s } }
+"#;
+        let p: ServiceProfile = serde_yaml_ng::from_str(yaml).unwrap();
+        p.validate().unwrap();
+        let msg = pb::ServiceProfile::from(&p);
+        let back = ServiceProfile::try_from(&msg).unwrap();
+        assert_eq!(p, back);
+    }
+
+    #[test]
+    fn invalid_route_from_wire_is_rejected() {
+        let msg = pb::ServiceProfile {
+            routes: vec![pb::Route {
+                name: "r".into(),
+                backends: vec![pb::WeightedBackend { authority: "no port".into(), weight: 1 }],
+                ..Default::default()
+            }],
+            policy: None,
+        };
+        let err = ServiceProfile::try_from(&msg).unwrap_err();
+        assert_eq!(err.field, "routes[0].backends[0].authority");
+    }
+
+    proptest! {
+        #[test]
+        fn endpoint_round_trips(a in any::<[u8; 4]>(), port in 1u16.., weight in 1u32..1000, meshed in any::<Option<u16>>()) {
+            let mut e = Endpoint::new(SocketAddr::from((a, port)));
+            e.weight = weight;
+            if let Some(p) = meshed {
+                e.hint = ProtocolHint::MeshedH2 { inbound_port: (p != 0).then_some(p) };
+            }
+            let back = Endpoint::try_from(&pb::Endpoint::from(&e)).unwrap();
+            prop_assert_eq!(e, back);
+        }
+
+        #[test]
+        fn arbitrary_addresses_never_panic(ip in proptest::collection::vec(any::<u8>(), 0..20), port in any::<u32>()) {
+            let _ = addr_from_proto(&pb::TcpAddress { ip, port });
+        }
+    }
+}

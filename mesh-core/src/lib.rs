@@ -1,0 +1,24 @@
+//! Shared domain model of the mesh.
+//!
+//! Every value here is validated on construction: a [`Authority`] is a real `host:port`, a
+//! [`Route`]'s regexes compile, a [`RetryPolicy`] has sane bounds. The proxy and the controller
+//! exchange these types as `mesh-proto` messages; [`convert`] turns messages into validated
+//! types (naming the offending field on error) and back.
+
+pub mod authority;
+pub mod convert;
+pub mod endpoint;
+pub mod error;
+pub mod identity;
+pub mod policy;
+pub mod route;
+
+pub use authority::Authority;
+pub use endpoint::{Endpoint, ProtocolHint};
+pub use error::InvalidValue;
+pub use identity::Identity;
+pub use policy::{BackendPolicy, BalancerKind, RetryBudget, RetryOn, RetryPolicy};
+pub use route::{
+    HeaderMatch, PathMatch, Pattern, QueryParamMatch, Route, RouteMatch, ServiceProfile,
+    WeightedBackend,
+};

@@ -1,0 +1,257 @@
+//! Resilience policy: retries, the retry budget and the load balancer choice.
+
+use std::time::Duration;
+
+use crate::InvalidValue;
+
+/// Conditions on which a request is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// Any 5xx response.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// The connection to the endpoint could not be established (the request never left).
+    ConnectFailure,
+    /// A gRPC status listed in `grpc_codes`.
+    Grpc,
+}
+
+/// When and how often a route's requests are retried. Retries apply only to requests that
+/// are safe to repeat: idempotent methods, or routes marked `retryable`, with bodies no larger
+/// than `max_body_bytes`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub max_retries: u32,
+    pub on: Vec<RetryOn>,
+    /// gRPC status codes retried when `on` holds `grpc` (default: 14 UNAVAILABLE).
+    pub grpc_codes: Vec<u32>,
+    #[serde(with = "crate::policy::duration_text")]
+    pub backoff_base: Duration,
+    #[serde(with = "crate::policy::duration_text")]
+    pub backoff_max: Duration,
+    pub max_body_bytes: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            on: vec![RetryOn::GatewayError, RetryOn::ConnectFailure, RetryOn::Grpc],
+            grpc_codes: vec![14],
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The most retries a policy may ask for per request; more only amplifies outages.
+pub const MAX_RETRIES_LIMIT: u32 = 10;
+/// The largest body that may be buffered for replay.
+pub const MAX_REPLAY_BODY_LIMIT: u32 = 16 * 1024 * 1024;
+
+impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        if self.max_retries > MAX_RETRIES_LIMIT {
+            return Err(InvalidValue::new(
+                "max_retries",
+                format!("{} is above the limit of {MAX_RETRIES_LIMIT}", self.max_retries),
+            ));
+        }
+        if self.backoff_base > self.backoff_max {
+            return Err(InvalidValue::new(
+                "backoff_base",
+                format!(
+                    "{:?} is larger than backoff_max {:?}",
+                    self.backoff_base, self.backoff_max
+                ),
+            ));
+        }
+        if self.backoff_max > Duration::from_secs(60) {
+            return Err(InvalidValue::new("backoff_max", "must be at most 60s"));
+        }
+        if self.max_body_bytes > MAX_REPLAY_BODY_LIMIT {
+            return Err(InvalidValue::new(
+                "max_body_bytes",
+                format!("{} is above the limit of {MAX_REPLAY_BODY_LIMIT}", self.max_body_bytes),
+            ));
+        }
+        if let Some(c) = self.grpc_codes.iter().find(|c| **c > 16) {
+            return Err(InvalidValue::new(
+                "grpc_codes",
+                format!("{c} is not a gRPC status code (0-16)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a response with this HTTP status (and gRPC status, when the response carried
+    /// one in its headers) should be retried.
+    pub fn retries_response(&self, status: u16, grpc_status: Option<u32>) -> bool {
+        self.on.iter().any(|on| match on {
+            RetryOn::ServerError => (500..600).contains(&status),
+            RetryOn::GatewayError => matches!(status, 502..=504),
+            RetryOn::ConnectFailure => false,
+            RetryOn::Grpc => grpc_status.is_some_and(|g| self.grpc_codes.contains(&g)),
+        })
+    }
+
+    pub fn retries_connect_failure(&self) -> bool {
+        self.on.contains(&RetryOn::ConnectFailure)
+    }
+}
+
+/// Caps retries to a share of original requests so that retries never amplify an outage.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries may add at most this fraction of original requests.
+    pub ratio: f32,
+    /// Retries always allowed per second, whatever the ratio.
+    pub min_retries_per_second: u32,
+    /// How long a request counts towards the budget.
+    #[serde(with = "crate::policy::duration_text")]
+    pub ttl: Duration,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_retries_per_second: 10,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryBudget {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        if !(0.0..=1000.0).contains(&self.ratio) || self.ratio.is_nan() {
+            return Err(InvalidValue::new(
+                "ratio",
+                format!("{} is not between 0.0 and 1000.0", self.ratio),
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.ttl) {
+            return Err(InvalidValue::new("ttl", "must be between 1s and 60s"));
+        }
+        Ok(())
+    }
+}
+
+/// The load-balancing algorithm for a service's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    /// Power of two random choices, comparing peak-EWMA latency times in-flight requests.
+    #[default]
+    P2cPeakEwma,
+    RoundRobin,
+}
+
+/// Policy for reaching a service's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendPolicy {
+    pub balancer: BalancerKind,
+    pub retry_budget: RetryBudget,
+}
+
+impl BackendPolicy {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        self.retry_budget
+            .validate()
+            .map_err(|e| e.within("retry_budget"))
+    }
+}
+
+/// Serde helper: durations as human-readable text (`250ms`, `2s`, `1m 30s`).
+pub mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "'{text}' is not a duration ({e}); write e.g. 250ms, 2s, 1m"
+            ))
+        })
+    }
+
+    /// The same for `Option<Duration>`.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.collect_str(&humantime::format_duration(*d)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_only_configured_conditions() {
+        let p = RetryPolicy::default();
+        assert!(p.retries_response(503, None));
+        assert!(!p.retries_response(500, None));
+        assert!(p.retries_response(200, Some(14)));
+        assert!(!p.retries_response(200, Some(2)));
+        assert!(p.retries_connect_failure());
+        let all5xx = RetryPolicy {
+            on: vec![RetryOn::ServerError],
+            ..Default::default()
+        };
+        assert!(all5xx.retries_response(500, None));
+        assert!(!all5xx.retries_connect_failure());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let p = RetryPolicy {
+            max_retries: 50,
+            ..Default::default()
+        };
+        assert_eq!(p.validate().unwrap_err().field, "max_retries");
+        let b = BackendPolicy {
+            retry_budget: RetryBudget {
+                ttl: Duration::from_millis(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(b.validate().unwrap_err().field, "retry_budget.ttl");
+    }
+
+    #[test]
+    fn policy_reads_from_yaml() {
+        let p: RetryPolicy =
+            serde_yaml_ng::from_str("max_retries: 3\non: [5xx, connect_failure]\nbackoff_base: 10ms\n")
+                .unwrap();
+        assert_eq!(p.max_retries, 3);
+        assert_eq!(p.on, vec![RetryOn::ServerError, RetryOn::ConnectFailure]);
+        assert_eq!(p.backoff_base, Duration::from_millis(10));
+        let err = serde_yaml_ng::from_str::<RetryPolicy>("backoff_base: soon\n").unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+}

@@ -1,0 +1,134 @@
+//! Wires the proxy together: discovery source, routing state, client, listeners, admin; and
+//! runs it until shutdown, then drains.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin, LogControl};
+use crate::client::Client;
+use crate::config::{Config, DiscoverySource};
+use crate::destination::{Destinations, Resolve};
+use crate::discovery::controller::ControllerResolver;
+use crate::discovery::static_file::StaticResolver;
+use crate::discovery::PassThrough;
+use crate::inbound::Inbound;
+use crate::metrics::{Direction, Metrics};
+use crate::outbound::Outbound;
+use crate::serve::{accept_loop, Ctx};
+
+/// A running proxy.
+pub struct Running {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    shutdown_tx: watch::Sender<bool>,
+    done: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting and starts draining.
+    pub fn shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// A receiver that turns true when shutdown starts (signal, /shutdown or [`Self::shutdown`]).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Waits until shutdown was requested and in-flight work drained (or the grace period
+    /// ran out).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str, var: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what} listener (set {var} to a free address)"))
+}
+
+pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let (resolver, ready): (Arc<dyn Resolve>, Arc<dyn Fn() -> bool + Send + Sync>) = match &cfg.discovery {
+        DiscoverySource::None => (Arc::new(PassThrough), Arc::new(|| true)),
+        DiscoverySource::StaticFile(path) => (
+            StaticResolver::start(path.clone(), Duration::from_secs(1))
+                .context("MESH_PROXY_STATIC_CONFIG is invalid")?,
+            Arc::new(|| true),
+        ),
+        DiscoverySource::Controller(uri) => {
+            let r = ControllerResolver::new(uri.clone(), cfg.workload.clone(), metrics.clone())?;
+            let probe = r.clone();
+            (r, Arc::new(move || probe.connected()))
+        }
+    };
+    let dests = Arc::new(Destinations::new(resolver));
+    let client = Arc::new(Client::new(cfg.connect_timeout, cfg.http_idle_timeout));
+    let outbound = Arc::new(Outbound::new(dests.clone(), client.clone(), metrics.clone(), cfg.discovery_timeout));
+    let inbound = Arc::new(Inbound::new(client, metrics.clone(), cfg.inbound_forward));
+
+    let out_l = bind(cfg.outbound_addr, "outbound", "MESH_PROXY_OUTBOUND_ADDR").await?;
+    let in_l = bind(cfg.inbound_addr, "inbound", "MESH_PROXY_INBOUND_ADDR").await?;
+    let admin_l = bind(cfg.admin_addr, "admin", "MESH_PROXY_ADMIN_ADDR").await?;
+    let outbound_addr = out_l.local_addr()?;
+    let inbound_addr = in_l.local_addr()?;
+    let admin_addr = admin_l.local_addr()?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let grace = cfg.shutdown_grace;
+    let ctx = Arc::new(Ctx {
+        cfg,
+        metrics: metrics.clone(),
+        outbound,
+        inbound,
+        shutdown: shutdown_rx.clone(),
+    });
+    let tracker = Arc::new(());
+    tokio::spawn(accept_loop(out_l, Direction::Outbound, ctx.clone(), tracker.clone()));
+    tokio::spawn(accept_loop(in_l, Direction::Inbound, ctx.clone(), tracker.clone()));
+    drop(ctx);
+    tokio::spawn(admin::serve(
+        admin_l,
+        Arc::new(Admin {
+            metrics: metrics.clone(),
+            dests,
+            ready,
+            log,
+            shutdown_tx: shutdown_tx.clone(),
+        }),
+    ));
+    tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "proxy started");
+
+    let mut rx = shutdown_rx;
+    let done = tokio::spawn(async move {
+        let _ = rx.wait_for(|s| *s).await;
+        tracing::info!(grace = ?grace, "shutting down: draining connections");
+        let deadline = tokio::time::Instant::now() + grace;
+        while Arc::strong_count(&tracker) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = Arc::strong_count(&tracker) - 1;
+        if left > 0 {
+            tracing::warn!(connections = left, "grace period over; closing remaining connections");
+        } else {
+            tracing::info!("drained");
+        }
+    });
+    Ok(Running {
+        outbound_addr,
+        inbound_addr,
+        admin_addr,
+        metrics,
+        shutdown_tx,
+        done,
+    })
+}

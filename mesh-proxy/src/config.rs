@@ -1,0 +1,336 @@
+//! Proxy configuration: read once from flags and `MESH_PROXY_*` environment variables (the
+//! sidecar style), validated into a typed [`Config`]. Validation collects every bad value
+//! and reports them all, so a broken pod spec is fixed in one round.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::detect::DEFAULT_OPAQUE_PORTS;
+
+/// Raw settings as given; every field is text so that all of them can be checked at once.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct RawConfig {
+    /// Listener for traffic from the local app (transparent via iptables, or explicit with a
+    /// Host header naming the service).
+    #[arg(long, env = "MESH_PROXY_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
+    pub outbound_addr: Option<String>,
+    /// Listener for traffic to the local app (from other proxies and clients).
+    #[arg(long, env = "MESH_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    pub inbound_addr: Option<String>,
+    /// Admin listener: /live, /ready, /metrics, /config, /log-level, /shutdown.
+    #[arg(long, env = "MESH_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: Option<String>,
+    /// Where inbound traffic goes when it was not redirected by iptables (the app's address,
+    /// e.g. 127.0.0.1:8080). Redirected traffic goes to 127.0.0.1:<original port>.
+    #[arg(long, env = "MESH_PROXY_INBOUND_FORWARD")]
+    pub inbound_forward: Option<String>,
+    /// The controller's discovery API, e.g. http://127.0.0.1:8086.
+    #[arg(long, env = "MESH_PROXY_CONTROLLER_ADDR")]
+    pub controller_addr: Option<String>,
+    /// A YAML file of services (endpoints, routes, policy) to use instead of a controller.
+    /// Re-read when it changes.
+    #[arg(long, env = "MESH_PROXY_STATIC_CONFIG")]
+    pub static_config: Option<String>,
+    /// Who this proxy serves, sent to the controller (e.g. ns:default/pod:web-1).
+    #[arg(long, env = "MESH_PROXY_WORKLOAD", default_value = "")]
+    pub workload: Option<String>,
+    /// Comma-separated ports forwarded as opaque TCP without protocol detection (replaces
+    /// the default list of server-speaks-first ports).
+    #[arg(long, env = "MESH_PROXY_OPAQUE_PORTS")]
+    pub opaque_ports: Option<String>,
+    /// How long to wait for a client's first bytes before treating the connection as opaque.
+    #[arg(long, env = "MESH_PROXY_DETECT_TIMEOUT", default_value = "200ms")]
+    pub detect_timeout: Option<String>,
+    /// Timeout for connecting to an endpoint.
+    #[arg(long, env = "MESH_PROXY_CONNECT_TIMEOUT", default_value = "1s")]
+    pub connect_timeout: Option<String>,
+    /// Idle time after which pooled HTTP connections and idle client keep-alive connections
+    /// are closed.
+    #[arg(long, env = "MESH_PROXY_HTTP_IDLE_TIMEOUT", default_value = "90s")]
+    pub http_idle_timeout: Option<String>,
+    /// Idle time after which an opaque TCP connection with no traffic either way is closed.
+    #[arg(long, env = "MESH_PROXY_TCP_IDLE_TIMEOUT", default_value = "1h")]
+    pub tcp_idle_timeout: Option<String>,
+    /// How long a request waits for the first discovery answer about its destination.
+    #[arg(long, env = "MESH_PROXY_DISCOVERY_TIMEOUT", default_value = "3s")]
+    pub discovery_timeout: Option<String>,
+    /// On SIGTERM, how long in-flight requests may take to finish before the proxy exits.
+    #[arg(long, env = "MESH_PROXY_SHUTDOWN_GRACE", default_value = "30s")]
+    pub shutdown_grace: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), changeable at runtime on /log-level.
+    #[arg(long, env = "MESH_PROXY_LOG", default_value = "info")]
+    pub log: Option<String>,
+    /// Log format: plain or json.
+    #[arg(long, env = "MESH_PROXY_LOG_FORMAT", default_value = "plain")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub enum DiscoverySource {
+    /// No discovery: everything is passed through to its original destination.
+    None,
+    Controller(http::Uri),
+    StaticFile(PathBuf),
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub inbound_forward: Option<SocketAddr>,
+    pub discovery: DiscoverySource,
+    pub workload: String,
+    pub opaque_ports: Vec<u16>,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub http_idle_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
+    pub discovery_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub log: String,
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+struct Checker {
+    errors: Vec<String>,
+}
+
+impl Checker {
+    fn addr(&mut self, name: &str, v: &Option<String>) -> Option<SocketAddr> {
+        let v = v.as_deref()?.trim();
+        match v.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.errors.push(format!(
+                    "{name}='{v}' is not an address; write IP:PORT, e.g. 127.0.0.1:4140"
+                ));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, name: &str, v: &Option<String>, max: Duration) -> Option<Duration> {
+        let v = v.as_deref()?.trim();
+        match humantime::parse_duration(v) {
+            Ok(d) if d.is_zero() => {
+                self.errors.push(format!("{name}='{v}' must be longer than zero"));
+                None
+            }
+            Ok(d) if d > max => {
+                self.errors.push(format!(
+                    "{name}='{v}' is longer than the maximum of {}",
+                    humantime::format_duration(max)
+                ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.errors.push(format!(
+                    "{name}='{v}' is not a duration ({e}); write e.g. 200ms, 3s, 1h"
+                ));
+                None
+            }
+        }
+    }
+
+    fn ports(&mut self, name: &str, v: &str) -> Vec<u16> {
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Some((lo, hi)) = part.split_once('-') {
+                match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+                    (Ok(lo), Ok(hi)) if lo > 0 && lo <= hi && hi - lo < 4096 => out.extend(lo..=hi),
+                    _ => self.errors.push(format!(
+                        "{name}: '{part}' is not a port range; write LOW-HIGH with 1 <= LOW <= HIGH and at most 4096 ports"
+                    )),
+                }
+            } else {
+                match part.parse::<u16>() {
+                    Ok(p) if p > 0 => out.push(p),
+                    _ => self
+                        .errors
+                        .push(format!("{name}: '{part}' is not a port number (1-65535)")),
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// A duration used only when the raw value is absent (tests build `RawConfig` by hand).
+fn or(d: Option<Duration>, default: Duration) -> Duration {
+    d.unwrap_or(default)
+}
+
+impl Config {
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigErrors> {
+        let mut c = Checker { errors: Vec::new() };
+        let hour = Duration::from_secs(3600);
+        let outbound_addr = c.addr("MESH_PROXY_OUTBOUND_ADDR", &raw.outbound_addr);
+        let inbound_addr = c.addr("MESH_PROXY_INBOUND_ADDR", &raw.inbound_addr);
+        let admin_addr = c.addr("MESH_PROXY_ADMIN_ADDR", &raw.admin_addr);
+        let inbound_forward = c.addr("MESH_PROXY_INBOUND_FORWARD", &raw.inbound_forward);
+        let detect_timeout = c.duration("MESH_PROXY_DETECT_TIMEOUT", &raw.detect_timeout, Duration::from_secs(30));
+        let connect_timeout = c.duration("MESH_PROXY_CONNECT_TIMEOUT", &raw.connect_timeout, Duration::from_secs(60));
+        let http_idle_timeout = c.duration("MESH_PROXY_HTTP_IDLE_TIMEOUT", &raw.http_idle_timeout, 24 * hour);
+        let tcp_idle_timeout = c.duration("MESH_PROXY_TCP_IDLE_TIMEOUT", &raw.tcp_idle_timeout, 24 * hour);
+        let discovery_timeout = c.duration("MESH_PROXY_DISCOVERY_TIMEOUT", &raw.discovery_timeout, Duration::from_secs(60));
+        let shutdown_grace = c.duration("MESH_PROXY_SHUTDOWN_GRACE", &raw.shutdown_grace, hour);
+        let opaque_ports = match raw.opaque_ports.as_deref() {
+            Some(v) => c.ports("MESH_PROXY_OPAQUE_PORTS", v),
+            None => DEFAULT_OPAQUE_PORTS.to_vec(),
+        };
+        let ctrl = raw.controller_addr.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let file = raw.static_config.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let discovery = match (ctrl, file) {
+            (Some(_), Some(_)) => {
+                c.errors.push(
+                    "MESH_PROXY_CONTROLLER_ADDR and MESH_PROXY_STATIC_CONFIG are both set; choose one discovery source".into(),
+                );
+                DiscoverySource::None
+            }
+            (Some(u), None) => match u.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http")) && uri.authority().is_some() => {
+                    DiscoverySource::Controller(uri)
+                }
+                _ => {
+                    c.errors.push(format!(
+                        "MESH_PROXY_CONTROLLER_ADDR='{u}' is not a URL like http://127.0.0.1:8086"
+                    ));
+                    DiscoverySource::None
+                }
+            },
+            (None, Some(f)) => {
+                let path = PathBuf::from(f);
+                if !path.is_file() {
+                    c.errors.push(format!(
+                        "MESH_PROXY_STATIC_CONFIG='{f}' is not a readable file"
+                    ));
+                }
+                DiscoverySource::StaticFile(path)
+            }
+            (None, None) => DiscoverySource::None,
+        };
+        let log = raw.log.clone().unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+            c.errors.push(format!("MESH_PROXY_LOG='{log}' is not a valid log filter: {e}"));
+        }
+        let log_format = match raw.log_format.as_deref().unwrap_or("plain") {
+            "plain" => LogFormat::Plain,
+            "json" => LogFormat::Json,
+            other => {
+                c.errors.push(format!("MESH_PROXY_LOG_FORMAT='{other}' must be plain or json"));
+                LogFormat::Plain
+            }
+        };
+        let listeners = [("outbound", outbound_addr), ("inbound", inbound_addr), ("admin", admin_addr)];
+        for (i, (a, x)) in listeners.iter().enumerate() {
+            for (b, y) in &listeners[i + 1..] {
+                if let (Some(x), Some(y)) = (x, y) {
+                    if x.port() != 0 && x.port() == y.port() && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified()) {
+                        c.errors.push(format!("the {a} and {b} listeners both use {x}; give each its own port"));
+                    }
+                }
+            }
+        }
+        if !c.errors.is_empty() {
+            return Err(ConfigErrors(c.errors));
+        }
+        let (Some(outbound_addr), Some(inbound_addr), Some(admin_addr)) =
+            (outbound_addr, inbound_addr, admin_addr)
+        else {
+            return Err(ConfigErrors(vec![
+                "the outbound, inbound and admin addresses are required".into(),
+            ]));
+        };
+        Ok(Config {
+            outbound_addr,
+            inbound_addr,
+            admin_addr,
+            inbound_forward,
+            discovery,
+            workload: raw.workload.clone().unwrap_or_default(),
+            opaque_ports,
+            detect_timeout: or(detect_timeout, Duration::from_millis(200)),
+            connect_timeout: or(connect_timeout, Duration::from_secs(1)),
+            http_idle_timeout: or(http_idle_timeout, Duration::from_secs(90)),
+            tcp_idle_timeout: or(tcp_idle_timeout, hour),
+            discovery_timeout: or(discovery_timeout, Duration::from_secs(3)),
+            shutdown_grace: or(shutdown_grace, Duration::from_secs(30)),
+            log,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RawConfig {
+        RawConfig {
+            outbound_addr: Some("127.0.0.1:4140".into()),
+            inbound_addr: Some("0.0.0.0:4143".into()),
+            admin_addr: Some("0.0.0.0:4191".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_raw(&base()).unwrap();
+        assert_eq!(c.opaque_ports, DEFAULT_OPAQUE_PORTS.to_vec());
+        assert_eq!(c.detect_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn reports_every_bad_value() {
+        let raw = RawConfig {
+            outbound_addr: Some("nope".into()),
+            detect_timeout: Some("fast".into()),
+            opaque_ports: Some("25,x,70000,10-5".into()),
+            controller_addr: Some("grpc://x".into()),
+            log_format: Some("xml".into()),
+            ..base()
+        };
+        let errs = Config::from_raw(&raw).unwrap_err().0;
+        assert_eq!(errs.len(), 7, "{errs:#?}");
+        let text = errs.join("\n");
+        for needle in [
+            "MESH_PROXY_OUTBOUND_ADDR='nope'",
+            "MESH_PROXY_DETECT_TIMEOUT='fast'",
+            "'x' is not a port",
+            "'70000' is not a port",
+            "'10-5' is not a port range",
+            "MESH_PROXY_CONTROLLER_ADDR",
+            "MESH_PROXY_LOG_FORMAT",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn port_clash_is_reported() {
+        let raw = RawConfig {
+            admin_addr: Some("127.0.0.1:4143".into()),
+            ..base()
+        };
+        let errs = Config::from_raw(&raw).unwrap_err().0;
+        assert!(errs[0].contains("inbound and admin"), "{errs:?}");
+    }
+}

@@ -1,0 +1,204 @@
+//! The routing state of every destination the app has talked to: for each authority, whether
+//! discovery knows it, its routes and policy, its balancer and its retry budget. Discovery
+//! sources write here ([`Destination::apply`]); the request path only reads.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use mesh_core::{Authority, Endpoint, ServiceProfile};
+use tokio::sync::watch;
+use tower::retry::budget::TpsBudget;
+
+use crate::balance::Balancer;
+use crate::error::ProxyError;
+use crate::metrics::Str;
+
+/// What discovery said about a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// No answer yet.
+    Pending,
+    /// Not a mesh service: pass through to the original destination.
+    NotFound,
+    Found,
+}
+
+/// A change from a discovery source.
+#[derive(Debug)]
+pub enum Update {
+    State {
+        profile: ServiceProfile,
+        endpoints: Vec<Endpoint>,
+    },
+    Add(Vec<Endpoint>),
+    Remove(Vec<SocketAddr>),
+    Profile(ServiceProfile),
+    NotFound,
+}
+
+/// A service profile with what the request path needs precomputed.
+pub struct Profile {
+    pub profile: ServiceProfile,
+    /// Metric label of each route, by index.
+    pub route_labels: Vec<Str>,
+}
+
+impl Profile {
+    fn new(profile: ServiceProfile) -> Self {
+        let route_labels = profile.routes.iter().map(|r| Str::from(r.name.as_str())).collect();
+        Self { profile, route_labels }
+    }
+}
+
+pub struct Destination {
+    pub authority: Authority,
+    pub label: Str,
+    status: watch::Sender<Resolution>,
+    profile: ArcSwap<Profile>,
+    pub balancer: Balancer,
+    budget: ArcSwap<TpsBudget>,
+}
+
+impl Destination {
+    pub fn new(authority: Authority) -> Self {
+        let label = Str::from(authority.as_str());
+        let profile = ServiceProfile::default();
+        let budget = budget_for(&profile);
+        Self {
+            authority,
+            label,
+            status: watch::Sender::new(Resolution::Pending),
+            profile: ArcSwap::from_pointee(Profile::new(profile)),
+            balancer: Balancer::default(),
+            budget: ArcSwap::from_pointee(budget),
+        }
+    }
+
+    pub fn resolution(&self) -> Resolution {
+        *self.status.borrow()
+    }
+
+    /// Waits (up to `timeout`) for discovery's first answer.
+    pub async fn resolved(&self, timeout: Duration) -> Result<Resolution, ProxyError> {
+        let now = self.resolution();
+        if now != Resolution::Pending {
+            return Ok(now);
+        }
+        let mut rx = self.status.subscribe();
+        let result = match tokio::time::timeout(timeout, rx.wait_for(|r| *r != Resolution::Pending)).await {
+            Ok(Ok(r)) => Ok(*r),
+            _ => Err(ProxyError::DiscoveryTimeout(self.authority.to_string())),
+        };
+        result
+    }
+
+    pub fn profile(&self) -> Arc<Profile> {
+        self.profile.load_full()
+    }
+
+    pub fn budget(&self) -> Arc<TpsBudget> {
+        self.budget.load_full()
+    }
+
+    pub fn apply(&self, update: Update) {
+        match update {
+            Update::State { profile, endpoints } => {
+                self.set_profile(profile);
+                self.balancer.set(endpoints);
+                self.status.send_replace(Resolution::Found);
+            }
+            Update::Add(eps) => {
+                self.balancer.upsert(eps);
+                self.status.send_replace(Resolution::Found);
+            }
+            Update::Remove(addrs) => self.balancer.remove(&addrs),
+            Update::Profile(p) => {
+                self.set_profile(p);
+                self.status.send_replace(Resolution::Found);
+            }
+            Update::NotFound => {
+                self.balancer.set(Vec::new());
+                self.set_profile(ServiceProfile::default());
+                self.status.send_replace(Resolution::NotFound);
+            }
+        }
+    }
+
+    fn set_profile(&self, profile: ServiceProfile) {
+        let old = self.profile.load();
+        if old.profile.policy != profile.policy {
+            self.budget.store(Arc::new(budget_for(&profile)));
+        }
+        self.balancer.set_kind(profile.policy.balancer);
+        self.profile.store(Arc::new(Profile::new(profile)));
+    }
+}
+
+fn budget_for(profile: &ServiceProfile) -> TpsBudget {
+    let b = profile.policy.retry_budget;
+    TpsBudget::new(b.ttl, b.min_retries_per_second, b.ratio)
+}
+
+/// Starts discovery of a destination; implemented by every discovery source.
+pub trait Resolve: Send + Sync + 'static {
+    fn subscribe(&self, dest: Arc<Destination>);
+}
+
+/// The cache of destinations, created on first use.
+pub struct Destinations {
+    map: RwLock<HashMap<String, Arc<Destination>>>,
+    resolver: Arc<dyn Resolve>,
+}
+
+/// Bound on remembered destinations, so that an app dialling many addresses cannot grow the
+/// proxy without limit. Past it, new destinations are resolved but not cached.
+const MAX_DESTINATIONS: usize = 10_000;
+
+impl Destinations {
+    pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            resolver,
+        }
+    }
+
+    /// The destination for a normalised authority.
+    pub fn get(&self, authority: &Authority) -> Arc<Destination> {
+        if let Some(d) = self.lookup(authority.as_str()) {
+            return d;
+        }
+        let dest = Arc::new(Destination::new(authority.clone()));
+        {
+            let Ok(mut map) = self.map.write() else {
+                self.resolver.subscribe(dest.clone());
+                return dest;
+            };
+            if let Some(d) = map.get(authority.as_str()) {
+                return d.clone();
+            }
+            if map.len() < MAX_DESTINATIONS {
+                map.insert(authority.to_string(), dest.clone());
+            }
+        }
+        self.resolver.subscribe(dest.clone());
+        dest
+    }
+
+    /// A cached destination by its exact authority text, without allocating.
+    pub fn lookup(&self, authority: &str) -> Option<Arc<Destination>> {
+        self.map.read().ok()?.get(authority).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Destination>> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.authority.cmp(&b.authority));
+        v
+    }
+}

@@ -1,0 +1,143 @@
+//! The innermost step of a request: pick an endpoint with the destination's balancer and
+//! send one attempt to it, adapting the request to how that endpoint is spoken to.
+//!
+//! To another mesh proxy the request goes over HTTP/2; an HTTP/1 request is carried there
+//! with an `mesh-orig-proto` header, and the receiving proxy turns it back into HTTP/1 for
+//! its app.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::balance::EndpointHandle;
+use crate::body::ProxyBody;
+use crate::client::Client;
+use crate::destination::Destination;
+use crate::error::ProxyError;
+
+/// Carries the protocol an upgraded request originally used (`HTTP/1.1`).
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("mesh-orig-proto");
+const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+
+/// Sends one attempt to one endpoint of `dest`.
+#[derive(Clone)]
+pub struct Forward {
+    pub dest: Arc<Destination>,
+    pub client: Arc<Client>,
+}
+
+impl tower::Service<Request<ProxyBody>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let endpoint = self.dest.balancer.pick();
+        let client = self.client.clone();
+        let authority = &self.dest.authority;
+        let missing = endpoint.is_none().then(|| authority.to_string());
+        Box::pin(async move {
+            let Some(ep) = endpoint else {
+                return Err(ProxyError::NoEndpoints(missing.unwrap_or_default()));
+            };
+            let in_flight = ep.start();
+            let rsp = send(&client, &ep, req).await?;
+            in_flight.complete();
+            Ok(rsp.map(ProxyBody::Incoming))
+        })
+    }
+}
+
+/// The request's authority: from the URI (HTTP/2, absolute-form) or the Host header.
+pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Sends `req` to `ep`, over HTTP/2 when the endpoint is meshed or the request is HTTP/2,
+/// else over the pooled HTTP/1 client.
+pub async fn send(
+    client: &Client,
+    ep: &EndpointHandle,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    if ep.is_meshed() || req.version() == Version::HTTP_2 {
+        if req.version() != Version::HTTP_2 {
+            req.headers_mut().insert(ORIG_PROTO, HTTP_11);
+            *req.version_mut() = Version::HTTP_2;
+        }
+        // HTTP/2 carries the service's authority in :authority, taken from the URI.
+        if req.uri().authority().is_none() {
+            let authority = req
+                .headers()
+                .get(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| ep.uri_authority.clone());
+            set_uri(&mut req, authority)?;
+        }
+        req.headers_mut().remove(HOST);
+        client.send_h2(&ep.h2, ep.connect_addr, req).await
+    } else {
+        if !req.headers().contains_key(HOST) {
+            if let Some(a) = req.uri().authority() {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    req.headers_mut().insert(HOST, v);
+                }
+            }
+        }
+        set_uri(&mut req, ep.uri_authority.clone())?;
+        client.send_h1(ep.connect_addr, req).await
+    }
+}
+
+/// Makes the request URI absolute with the given authority, keeping path and query.
+pub fn set_uri<B>(req: &mut Request<B>, authority: Authority) -> Result<(), ProxyError> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request URI"))?;
+    Ok(())
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the
+/// request, and HTTP/2 forbids them.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    if let Some(conn) = headers.remove(CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',').map(str::trim) {
+                if !name.eq_ignore_ascii_case("te") {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+    if headers
+        .get(TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(TE);
+    }
+}

@@ -1,0 +1,25 @@
+//! `mesh-proxy`: the mesh's sidecar. The request path, outside in:
+//! [`serve`] (accept, [`detect`] protocol) -> [`outbound`] / [`inbound`] (route, split) ->
+//! [`timeout`] -> [`retry`] -> [`forward`] ([`balance`], [`client`]). Routing state lives in
+//! [`destination`], fed by [`discovery`]. See ARCHITECTURE.md for the tour.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod destination;
+pub mod detect;
+pub mod discovery;
+pub mod error;
+pub mod forward;
+pub mod inbound;
+pub mod init;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod retry;
+pub mod serve;
+pub mod tcp;
+pub mod timeout;

@@ -1,0 +1,282 @@
+//! The outbound side: requests from the local app to other services.
+//!
+//! For each request: find the destination (Host/:authority, else the original destination
+//! address), wait for discovery's first answer, pick the route, pick a backend of the route's
+//! traffic split, then send through the per-route stack
+//! `timeout -> retry (budgeted) -> balance + forward`. Destinations discovery does not know
+//! are passed through to their original address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh_core::{Authority, Endpoint};
+use rand::Rng;
+use tower::{Layer, ServiceExt};
+
+use crate::balance::EndpointHandle;
+use crate::body::{ProxyBody, ReplayBody};
+use crate::client::Client;
+use crate::destination::{Destination, Destinations, Resolution};
+use crate::error::ProxyError;
+use crate::forward::{self, Forward};
+use crate::metrics::{Class, Direction, Metrics, RequestLabels, RouteLabels, Str};
+use crate::retry::{self, RetryLayer};
+use crate::timeout::TimeoutLayer;
+
+pub struct Outbound {
+    pub dests: Arc<Destinations>,
+    pub client: Arc<Client>,
+    pub metrics: Arc<Metrics>,
+    pub discovery_timeout: Duration,
+    passthrough: Mutex<HashMap<SocketAddr, Arc<EndpointHandle>>>,
+    default_route: Str,
+    passthrough_route: Str,
+}
+
+/// What the router decided, for metrics.
+struct Routed {
+    authority: Str,
+    route: Str,
+}
+
+impl Outbound {
+    pub fn new(dests: Arc<Destinations>, client: Arc<Client>, metrics: Arc<Metrics>, discovery_timeout: Duration) -> Self {
+        Self {
+            dests,
+            client,
+            metrics,
+            discovery_timeout,
+            passthrough: Mutex::new(HashMap::new()),
+            default_route: Str::from("default"),
+            passthrough_route: Str::from("passthrough"),
+        }
+    }
+
+    /// Serves one request from the app. Never fails: errors become proxy responses.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, orig_dst: Option<SocketAddr>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let mut routed = None;
+        let rsp = match self.route(req, orig_dst, &mut routed).await {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbound request failed");
+                e.into_response()
+            }
+        };
+        let routed = routed.unwrap_or_else(|| Routed {
+            authority: Str::from("unknown"),
+            route: self.default_route.clone(),
+        });
+        record(&self.metrics, Direction::Outbound, routed.authority, routed.route, &rsp, start);
+        rsp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        orig_dst: Option<SocketAddr>,
+        routed: &mut Option<Routed>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let default_port = orig_dst.map_or(80, |a| a.port());
+        let host_dest = match forward::request_authority(&req) {
+            Some(host) => Some(match self.dests.lookup(host) {
+                Some(d) => d,
+                None => {
+                    let authority = Authority::parse(host, Some(default_port))
+                        .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+                    self.dests.get(&authority)
+                }
+            }),
+            None => None,
+        };
+        let mut dest = None;
+        if let Some(d) = host_dest {
+            if d.resolved(self.discovery_timeout).await? == Resolution::Found {
+                dest = Some(d);
+            }
+        }
+        if dest.is_none() {
+            if let Some(orig) = orig_dst {
+                let d = self.dests.get(&Authority::from(orig));
+                if d.resolved(self.discovery_timeout).await? == Resolution::Found {
+                    dest = Some(d);
+                }
+            }
+        }
+        let Some(dest) = dest else {
+            return self.pass_through(req, orig_dst, routed).await;
+        };
+
+        let profile = dest.profile();
+        let route_idx = profile
+            .profile
+            .routes
+            .iter()
+            .position(|r| r.is_match(req.method(), req.uri(), req.headers()));
+        let route = route_idx.map(|i| &profile.profile.routes[i]);
+        let route_label = route_idx.map_or_else(|| self.default_route.clone(), |i| profile.route_labels[i].clone());
+        *routed = Some(Routed {
+            authority: dest.label.clone(),
+            route: route_label.clone(),
+        });
+
+        // Traffic split: the route's weighted backends, else the destination itself.
+        let backend = match route.and_then(|r| r.pick_backend(rand::rng().random())) {
+            Some(b) if b.authority != dest.authority => {
+                let d = self.dests.get(&b.authority);
+                match d.resolved(self.discovery_timeout).await? {
+                    Resolution::Found => d,
+                    _ => return Err(ProxyError::NoEndpoints(b.authority.to_string())),
+                }
+            }
+            _ => dest.clone(),
+        };
+
+        let policy_ref = match route_idx {
+            Some(i) if profile.profile.routes[i].retry.is_some() => retry::PolicyRef::Route(profile.clone(), i),
+            _ => retry::PolicyRef::Default,
+        };
+        let policy = policy_ref.get();
+        let retryable = route.is_some_and(|r| r.retryable);
+        let timeout = route.and_then(|r| r.timeout);
+
+        let (mut parts, body) = req.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        let safe = policy.max_retries > 0 && retry::is_safe(&parts.method, retryable);
+        let body = if body_is_empty(&body) {
+            ProxyBody::empty()
+        } else if safe
+            && http_body::Body::size_hint(&body)
+                .upper()
+                .is_none_or(|n| n <= policy.max_body_bytes as u64)
+        {
+            ProxyBody::Replay(ReplayBody::new(body, policy.max_body_bytes as usize))
+        } else {
+            ProxyBody::Incoming(body)
+        };
+        let req = Request::from_parts(parts, body);
+
+        let stack = TimeoutLayer(timeout).layer(
+            RetryLayer {
+                policy: policy_ref.clone(),
+                budget: dest.budget(),
+                metrics: self.metrics.clone(),
+                labels: RouteLabels {
+                    direction: Direction::Outbound,
+                    authority: dest.label.clone(),
+                    route: route_label,
+                },
+            }
+            .layer(Forward {
+                dest: backend,
+                client: self.client.clone(),
+            }),
+        );
+        stack.oneshot(req).await
+    }
+
+    /// Forwards to the original destination, untouched by routing.
+    async fn pass_through(
+        &self,
+        req: Request<Incoming>,
+        orig_dst: Option<SocketAddr>,
+        routed: &mut Option<Routed>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        forward::strip_hop_by_hop(&mut parts.headers);
+        let mut req = Request::from_parts(parts, ProxyBody::Incoming(body));
+        match orig_dst {
+            Some(orig) => {
+                let ep = self.passthrough_endpoint(orig);
+                *routed = Some(Routed {
+                    authority: Str::from(orig.to_string().as_str()),
+                    route: self.passthrough_route.clone(),
+                });
+                let rsp = forward::send(&self.client, &ep, req).await?;
+                Ok(rsp.map(ProxyBody::Incoming))
+            }
+            None => {
+                // Explicit mode with a name discovery does not know: resolve it with DNS.
+                let host = forward::request_authority(&req)
+                    .ok_or(ProxyError::NoDestination)?
+                    .to_string();
+                let authority = Authority::parse(&host, Some(80))
+                    .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+                *routed = Some(Routed {
+                    authority: Str::from(authority.as_str()),
+                    route: self.passthrough_route.clone(),
+                });
+                if req.version() == http::Version::HTTP_2 {
+                    return Err(ProxyError::NoEndpoints(host));
+                }
+                let uri_authority = http::uri::Authority::try_from(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+                forward::set_uri(&mut req, uri_authority)?;
+                let rsp = self.client.send_h1_named(authority.as_str(), req).await?;
+                Ok(rsp.map(ProxyBody::Incoming))
+            }
+        }
+    }
+
+    fn passthrough_endpoint(&self, addr: SocketAddr) -> Arc<EndpointHandle> {
+        let Ok(mut map) = self.passthrough.lock() else {
+            return Arc::new(EndpointHandle::new(Endpoint::new(addr)));
+        };
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.entry(addr)
+            .or_insert_with(|| Arc::new(EndpointHandle::new(Endpoint::new(addr))))
+            .clone()
+    }
+
+    /// The destination an opaque TCP connection to `orig` goes to, when discovery knows it.
+    pub async fn tcp_destination(&self, orig: SocketAddr) -> Option<Arc<Destination>> {
+        let d = self.dests.get(&Authority::from(orig));
+        match d.resolved(self.discovery_timeout).await {
+            Ok(Resolution::Found) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+fn body_is_empty(b: &Incoming) -> bool {
+    http_body::Body::is_end_stream(b) || http_body::Body::size_hint(b).exact() == Some(0)
+}
+
+/// Records the golden metrics of one request.
+pub fn record(metrics: &Metrics, direction: Direction, authority: Str, route: Str, rsp: &Response<ProxyBody>, start: Instant) {
+    let status = rsp.status();
+    let grpc_failed = rsp
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() != b"0");
+    let classification = if status.is_server_error() || grpc_failed {
+        Class::Failure
+    } else {
+        Class::Success
+    };
+    let route_labels = RouteLabels {
+        direction,
+        authority,
+        route,
+    };
+    metrics
+        .latency
+        .get_or_create(&route_labels)
+        .observe(start.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            direction,
+            authority: route_labels.authority,
+            route: route_labels.route,
+            status_code: status.as_u16(),
+            classification,
+        })
+        .inc();
+}
