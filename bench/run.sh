@@ -599,13 +599,14 @@ run_oha() {
 
 # Sample the VmRSS of the target while oha runs; writes the maximum (KiB) to $1.
 rss_sampler() {
-    local out=$1 max=0
+    local out=$1 max=0 sleep_fd
     trap 'exit 0' TERM
+    exec {sleep_fd}<> <(:) # "read -t" on a pipe nobody writes to: a sleep without forking
     while :; do
         rss_kib "${TARGET_PIDS[@]}" 2>/dev/null || true
-        ((REPLY > max)) && max=$REPLY
+        if ((REPLY > max)); then max=$REPLY; fi
         echo "$max" >"$out"
-        sleep 0.2
+        read -r -t 0.2 -u "$sleep_fd" || true
     done
 }
 
@@ -662,7 +663,7 @@ measure() {
         (.latencyPercentiles.p50 // "nan"),
         (.latencyPercentiles.p99 // "nan"),
         (.latencyPercentiles["p99.9"] // "nan")
-      ] | @tsv' "$out")
+      ] | @tsv' "$out") || die "cannot read oha's output $out"
     errors=$((errors + responses - ok))
     ((ok > 0)) || die "no successful response from $target (see $out)"
 
@@ -704,9 +705,9 @@ report_culprits() {
     local -n _a=$1 _b=$2
     local el=$3 pid
     for pid in "${!_b[@]}"; do
-        [[ -n ${_a[$pid]:-} ]] || continue
-        local nb=${_b[$pid]%% *} na=${_a[$pid]%% *}
-        ((nb > na)) && printf '%s %s %s\n' "$((nb - na))" "$pid" "${_b[$pid]#* }"
+        local nb=${_b[$pid]%% *} na=0 # a process started during the window counts whole
+        [[ -n ${_a[$pid]:-} ]] && na=${_a[$pid]%% *}
+        if ((nb > na)); then printf '%s %s %s\n' "$((nb - na))" "$pid" "${_b[$pid]#* }"; fi
     done | sort -rn | head -n 8 | awk -v hz="$CLK_TCK" -v el="$el" \
         '{ printf "    %6.1f%% of a core  pid %-7s %s\n", 100 * $1 / (el * hz), $2, $3 }'
     echo "    (includes the processes under test; short-lived ones show under their parent once reaped)"
@@ -793,7 +794,7 @@ main() {
     start_upstream
     local target
     for target in ${ALL_TARGETS//,/ }; do
-        has_target "$target" && bench_target "$target"
+        if has_target "$target"; then bench_target "$target"; fi
     done
     write_report
 }

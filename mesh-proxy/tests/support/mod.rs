@@ -294,15 +294,48 @@ impl pb::destination_server::Destination for ControllerSvc {
     }
 }
 
-/// Serves the fake controller on an ephemeral port; returns its address.
-pub async fn start_controller(ctrl: Arc<FakeController>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// A fake controller served on its own runtime, so that dropping it kills every connection
+/// and stream at once, as a crashed controller would.
+pub struct ControllerProcess {
+    pub addr: SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ControllerProcess {
+    pub fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Serves the fake controller on `addr` (port 0 for an ephemeral one).
+pub fn start_controller_at(ctrl: Arc<FakeController>, addr: SocketAddr) -> ControllerProcess {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // std sets SO_REUSEADDR on Unix, so a restarted controller can take the same port.
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
+    rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let _ = tonic::transport::Server::builder()
             .add_service(pb::destination_server::DestinationServer::new(ControllerSvc(ctrl)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
-    (addr, task)
+    ControllerProcess { addr, rt: Some(rt) }
+}
+
+pub fn start_controller(ctrl: Arc<FakeController>) -> ControllerProcess {
+    start_controller_at(ctrl, "127.0.0.1:0".parse().unwrap())
 }

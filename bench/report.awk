@@ -1,0 +1,124 @@
+# bench/report.awk: turn bench/run.sh's measurements into Markdown tables.
+#
+# Input files (tab-separated): labels.tsv (target, label) then measurements.tsv (with header).
+# Variables: conc (connections of the max-throughput run), rates (space-separated).
+# Targets are printed in the order in which they were measured.
+
+FNR == NR {
+    label[$1] = $2
+    order[++n] = $1
+    next
+}
+FNR == 1 { next } # header of measurements.tsv
+
+{
+    t = $1; kind = $2; r = $3
+    key = t SUBSEP kind SUBSEP r
+    have[key] = 1
+    rps[key] = $8; errs[key] = $7
+    p50[key] = $9; p99[key] = $10; p999[key] = $11
+    cpu_us[key] = $13; core[key] = $14
+    rss_idle[t] = $15
+    if (kind == "max") rss_load[t] = $16
+    if ($18 == 1) noisy[t] = 1
+}
+
+# ---- formatting helpers ----------------------------------------------------------------
+
+function is_num(x) { return x != "" && x != "nan" && x != "-nan" }
+
+# A latency in seconds, as microseconds (or milliseconds when large).
+function lat(s) {
+    if (!is_num(s)) return "n/a"
+    if (s >= 0.01) return sprintf("%.1f ms", s * 1e3)
+    return sprintf("%d µs", s * 1e6 + (s >= 0 ? 0.5 : -0.5))
+}
+
+# An added latency (may be negative within the noise).
+function added(s) {
+    if (!is_num(s)) return "n/a"
+    return (s >= 0 ? "+" : "") lat(s)
+}
+
+# a / b as "1.23×", or "—" when b is missing or not positive.
+function ratio(a, b) {
+    if (!is_num(a) || !is_num(b) || b + 0 <= 0) return "—"
+    return sprintf("%.2f×", a / b)
+}
+
+function mib(kib) { return (kib + 0 > 0) ? sprintf("%.1f MiB", kib / 1024) : "—" }
+
+function name(t) { return label[t] (noisy[t] ? " ⚠ NOISY" : "") }
+
+# ---- tables ------------------------------------------------------------------------------
+
+END {
+    # Throughput, CPU and memory, from the closed-loop saturation run.
+    print "## Max throughput, CPU per request and memory"
+    print ""
+    printf "Closed loop: oha with %d connections for the whole run. The proxy (HAProxy, nginx) is pinned\n", conc
+    print "to one core; oha and the upstream share the other. CPU per request = the proxy's utime+stime"
+    print "over the run divided by the responses completed (both proxies for 2 hops). RSS is VmRSS: idle"
+    print "after start-up, and the maximum sampled during this run (summed over the proxy's processes)."
+    print ""
+    print "| target | req/s | × direct | × HAProxy | × nginx | proxy CPU per req | × HAProxy | × nginx | proxy core busy | RSS idle | RSS under load |"
+    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    d = "direct" SUBSEP "max" SUBSEP ""
+    h = "haproxy" SUBSEP "max" SUBSEP ""
+    g = "nginx" SUBSEP "max" SUBSEP ""
+    for (i = 1; i <= n; i++) {
+        t = order[i]; k = t SUBSEP "max" SUBSEP ""
+        if (!have[k]) continue
+        proxied = (t != "direct")
+        printf "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name(t), rps[k],
+            ratio(rps[k], have[d] ? rps[d] : ""),
+            ratio(rps[k], have[h] ? rps[h] : ""),
+            ratio(rps[k], have[g] ? rps[g] : ""),
+            proxied ? sprintf("%.2f µs", cpu_us[k]) : "—",
+            proxied ? ratio(cpu_us[k], have[h] ? cpu_us[h] : "") : "—",
+            proxied ? ratio(cpu_us[k], have[g] ? cpu_us[g] : "") : "—",
+            proxied ? sprintf("%.0f%%", core[k]) : "—",
+            proxied ? mib(rss_idle[t]) : "—",
+            proxied ? mib(rss_load[t]) : "—"
+    }
+    print ""
+
+    # Latency at each fixed rate, from the open-loop runs.
+    nr = split(rates, rl, " ")
+    for (j = 1; j <= nr; j++) {
+        r = rl[j]
+        d = "direct" SUBSEP "rate" SUBSEP r
+        h = "haproxy" SUBSEP "rate" SUBSEP r
+        g = "nginx" SUBSEP "rate" SUBSEP r
+        printf "## Latency at %d requests/s\n\n", r
+        print "Open loop: oha -q RATE --latency-correction (a request's latency counts from when it was due,"
+        print "so a stall is not hidden by coordinated omission). Added = proxied minus direct; the ratio"
+        print "columns compare added latency with HAProxy's and nginx's (p50 / p99 / p99.9)."
+        print ""
+        print "| target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | × direct (p50 / p99 / p99.9) | added ÷ HAProxy's | added ÷ nginx's | req/s | errors | proxy core busy |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= n; i++) {
+            t = order[i]; k = t SUBSEP "rate" SUBSEP r
+            if (!have[k]) continue
+            proxied = (t != "direct")
+            a50 = a99 = a999 = "nan"
+            if (have[d] && proxied) {
+                a50 = p50[k] - p50[d]; a99 = p99[k] - p99[d]; a999 = p999[k] - p999[d]
+            }
+            vs_h = vs_g = "—"
+            if (proxied && have[d] && have[h] && t != "haproxy")
+                vs_h = ratio(a50, p50[h] - p50[d]) " / " ratio(a99, p99[h] - p99[d]) " / " ratio(a999, p999[h] - p999[d])
+            if (proxied && have[d] && have[g] && t != "nginx")
+                vs_g = ratio(a50, p50[g] - p50[d]) " / " ratio(a99, p99[g] - p99[d]) " / " ratio(a999, p999[g] - p999[d])
+            vs_d = "—"
+            if (proxied && have[d])
+                vs_d = ratio(p50[k], p50[d]) " / " ratio(p99[k], p99[d]) " / " ratio(p999[k], p999[d])
+            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %d | %s |\n", name(t),
+                lat(p50[k]), lat(p99[k]), lat(p999[k]),
+                proxied ? added(a50) : "—", proxied ? added(a99) : "—", proxied ? added(a999) : "—",
+                vs_d, vs_h, vs_g, rps[k], errs[k],
+                proxied ? sprintf("%.0f%%", core[k]) : "—"
+        }
+        print ""
+    }
+}
