@@ -12,6 +12,8 @@ struct Args {}
 
 fn main() {
     let _ = Args::parse();
-    eprintln!("mesh-controller is not implemented yet; run mesh-proxy with a static config (see README)");
+    eprintln!(
+        "mesh-controller is not implemented yet; run mesh-proxy with a static config (see README)"
+    );
     std::process::exit(2);
 }

@@ -23,7 +23,10 @@ impl Authority {
     pub fn parse(s: &str, default_port: Option<u16>) -> Result<Self, InvalidValue> {
         let s = s.trim();
         if s.is_empty() {
-            return Err(InvalidValue::new("", "authority is empty; expected host:port"));
+            return Err(InvalidValue::new(
+                "",
+                "authority is empty; expected host:port",
+            ));
         }
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(Self::from(addr));
@@ -46,7 +49,10 @@ impl Authority {
             },
         };
         if port == 0 {
-            return Err(InvalidValue::new("", format!("port 0 in '{s}' is not valid")));
+            return Err(InvalidValue::new(
+                "",
+                format!("port 0 in '{s}' is not valid"),
+            ));
         }
         if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             let ip: std::net::Ipv6Addr = inner
@@ -162,12 +168,23 @@ mod tests {
         let c: Authority = "[::1]:443".parse().unwrap();
         assert_eq!(c.host(), "[::1]");
         assert_eq!(c.port(), 443);
-        assert_eq!(Authority::parse("web", Some(80)).unwrap().as_str(), "web:80");
+        assert_eq!(
+            Authority::parse("web", Some(80)).unwrap().as_str(),
+            "web:80"
+        );
     }
 
     #[test]
     fn rejects_bad_input_with_reason() {
-        for bad in ["", "web", "web:0", "web:99999", "we b:80", "-web:80", "a..b:80"] {
+        for bad in [
+            "",
+            "web",
+            "web:0",
+            "web:99999",
+            "we b:80",
+            "-web:80",
+            "a..b:80",
+        ] {
             let err = bad.parse::<Authority>().unwrap_err();
             assert!(!err.reason.is_empty(), "{bad}");
         }

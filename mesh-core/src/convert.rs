@@ -9,19 +9,23 @@ use mesh_proto::v1 as pb;
 
 use crate::route::ValueMatch;
 use crate::{
-    BackendPolicy, BalancerKind, Endpoint, HeaderMatch, Identity, InvalidValue, PathMatch,
-    Pattern, ProtocolHint, QueryParamMatch, RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch,
+    BackendPolicy, BalancerKind, Endpoint, HeaderMatch, Identity, InvalidValue, PathMatch, Pattern,
+    ProtocolHint, QueryParamMatch, RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch,
     ServiceProfile, WeightedBackend,
 };
 
 pub fn addr_from_proto(a: &pb::TcpAddress) -> Result<SocketAddr, InvalidValue> {
     let ip = match a.ip.len() {
         4 => {
-            let b: [u8; 4] = a.ip[..].try_into().map_err(|_| InvalidValue::new("ip", "bad length"))?;
+            let b: [u8; 4] = a.ip[..]
+                .try_into()
+                .map_err(|_| InvalidValue::new("ip", "bad length"))?;
             IpAddr::V4(Ipv4Addr::from(b))
         }
         16 => {
-            let b: [u8; 16] = a.ip[..].try_into().map_err(|_| InvalidValue::new("ip", "bad length"))?;
+            let b: [u8; 16] = a.ip[..]
+                .try_into()
+                .map_err(|_| InvalidValue::new("ip", "bad length"))?;
             IpAddr::V6(Ipv6Addr::from(b))
         }
         n => {
@@ -58,7 +62,8 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
     type Error = InvalidValue;
 
     fn try_from(e: &pb::Endpoint) -> Result<Self, Self::Error> {
-        let addr = addr_from_proto(required(&e.address, "address")?).map_err(|e| e.within("address"))?;
+        let addr =
+            addr_from_proto(required(&e.address, "address")?).map_err(|e| e.within("address"))?;
         let identity = if e.identity.is_empty() {
             None
         } else {
@@ -71,7 +76,10 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
                 inbound_port: match m.inbound_port {
                     0 => None,
                     p => Some(u16::try_from(p).map_err(|_| {
-                        InvalidValue::new("hint.meshed_h2.inbound_port", format!("{p} is not a TCP port"))
+                        InvalidValue::new(
+                            "hint.meshed_h2.inbound_port",
+                            format!("{p} is not a TCP port"),
+                        )
                     })?),
                 },
             },
@@ -82,7 +90,11 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
             zone: (!e.zone.is_empty()).then(|| e.zone.clone()),
             identity,
             hint,
-            labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: e
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }
@@ -93,19 +105,31 @@ impl From<&Endpoint> for pb::Endpoint {
             address: Some(addr_to_proto(e.addr)),
             weight: e.weight,
             zone: e.zone.clone().unwrap_or_default(),
-            identity: e.identity.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+            identity: e
+                .identity
+                .as_ref()
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
             hint: match e.hint {
                 ProtocolHint::Unknown => None,
                 ProtocolHint::Opaque => Some(pb::ProtocolHint {
-                    kind: Some(pb::protocol_hint::Kind::Opaque(pb::protocol_hint::Opaque {})),
+                    kind: Some(pb::protocol_hint::Kind::Opaque(
+                        pb::protocol_hint::Opaque {},
+                    )),
                 }),
                 ProtocolHint::MeshedH2 { inbound_port } => Some(pb::ProtocolHint {
-                    kind: Some(pb::protocol_hint::Kind::MeshedH2(pb::protocol_hint::MeshedH2 {
-                        inbound_port: inbound_port.unwrap_or(0) as u32,
-                    })),
+                    kind: Some(pb::protocol_hint::Kind::MeshedH2(
+                        pb::protocol_hint::MeshedH2 {
+                            inbound_port: inbound_port.unwrap_or(0) as u32,
+                        },
+                    )),
                 }),
             },
-            labels: e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: e
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -121,7 +145,9 @@ pub fn endpoints_from_proto(list: &[pb::Endpoint]) -> Result<Vec<Endpoint>, Inva
 fn value_match(exact: Option<&String>, regex: Option<&String>) -> Result<ValueMatch, InvalidValue> {
     match (exact, regex) {
         (Some(e), _) => Ok(ValueMatch::Exact(e.clone())),
-        (None, Some(r)) => Ok(ValueMatch::Regex(Pattern::new(r).map_err(|e| e.within("regex"))?)),
+        (None, Some(r)) => Ok(ValueMatch::Regex(
+            Pattern::new(r).map_err(|e| e.within("regex"))?,
+        )),
         (None, None) => Err(InvalidValue::new("value", "needs `exact` or `regex`")),
     }
 }
@@ -144,7 +170,9 @@ impl TryFrom<&pb::RouteMatch> for RouteMatch {
             None => None,
             Some(P::Exact(p)) => Some(PathMatch::Exact(p.clone())),
             Some(P::Prefix(p)) => Some(PathMatch::Prefix(p.clone())),
-            Some(P::Regex(r)) => Some(PathMatch::Regex(Pattern::new(r).map_err(|e| e.within("path.regex"))?)),
+            Some(P::Regex(r)) => Some(PathMatch::Regex(
+                Pattern::new(r).map_err(|e| e.within("path.regex"))?,
+            )),
         };
         let headers = m
             .headers
@@ -158,7 +186,8 @@ impl TryFrom<&pb::RouteMatch> for RouteMatch {
                 };
                 Ok(HeaderMatch {
                     name: h.name.to_ascii_lowercase(),
-                    value: value_match(exact, regex).map_err(|e| e.within(format!("headers[{i}]")))?,
+                    value: value_match(exact, regex)
+                        .map_err(|e| e.within(format!("headers[{i}]")))?,
                 })
             })
             .collect::<Result<_, InvalidValue>>()?;
@@ -174,7 +203,8 @@ impl TryFrom<&pb::RouteMatch> for RouteMatch {
                 };
                 Ok(QueryParamMatch {
                     name: q.name.clone(),
-                    value: value_match(exact, regex).map_err(|e| e.within(format!("query_params[{i}]")))?,
+                    value: value_match(exact, regex)
+                        .map_err(|e| e.within(format!("query_params[{i}]")))?,
                 })
             })
             .collect::<Result<_, InvalidValue>>()?;
@@ -239,16 +269,29 @@ impl TryFrom<&pb::RetryPolicy> for RetryPolicy {
                 Ok(pb::RetryOn::GatewayError) => RetryOn::GatewayError,
                 Ok(pb::RetryOn::ConnectFailure) => RetryOn::ConnectFailure,
                 Ok(pb::RetryOn::Grpc) => RetryOn::Grpc,
-                _ => return Err(InvalidValue::new(format!("on[{i}]"), format!("unknown condition {raw}"))),
+                _ => {
+                    return Err(InvalidValue::new(
+                        format!("on[{i}]"),
+                        format!("unknown condition {raw}"),
+                    ))
+                }
             });
         }
         let p = RetryPolicy {
             max_retries: r.max_retries,
             on: if on.is_empty() { defaults.on } else { on },
-            grpc_codes: if r.grpc_codes.is_empty() { defaults.grpc_codes } else { r.grpc_codes.clone() },
+            grpc_codes: if r.grpc_codes.is_empty() {
+                defaults.grpc_codes
+            } else {
+                r.grpc_codes.clone()
+            },
             backoff_base: ms_or(r.backoff_base_ms, defaults.backoff_base),
             backoff_max: ms_or(r.backoff_max_ms, defaults.backoff_max),
-            max_body_bytes: if r.max_body_bytes == 0 { defaults.max_body_bytes } else { r.max_body_bytes },
+            max_body_bytes: if r.max_body_bytes == 0 {
+                defaults.max_body_bytes
+            } else {
+                r.max_body_bytes
+            },
         };
         p.validate()?;
         Ok(p)
@@ -299,7 +342,9 @@ impl TryFrom<&pb::Route> for Route {
                 .matches
                 .iter()
                 .enumerate()
-                .map(|(i, m)| RouteMatch::try_from(m).map_err(|e| e.within(format!("matches[{i}]"))))
+                .map(|(i, m)| {
+                    RouteMatch::try_from(m).map_err(|e| e.within(format!("matches[{i}]")))
+                })
                 .collect::<Result<_, _>>()?,
             backends: r
                 .backends
@@ -307,10 +352,9 @@ impl TryFrom<&pb::Route> for Route {
                 .enumerate()
                 .map(|(i, b)| {
                     Ok(WeightedBackend {
-                        authority: b
-                            .authority
-                            .parse()
-                            .map_err(|e: InvalidValue| e.within(format!("backends[{i}].authority")))?,
+                        authority: b.authority.parse().map_err(|e: InvalidValue| {
+                            e.within(format!("backends[{i}].authority"))
+                        })?,
                         weight: b.weight,
                     })
                 })
@@ -342,7 +386,11 @@ impl From<&Route> for pb::Route {
                     weight: b.weight,
                 })
                 .collect(),
-            timeout_ms: r.timeout.map(ms).unwrap_or(0).max(u32::from(r.timeout.is_some())),
+            timeout_ms: r
+                .timeout
+                .map(ms)
+                .unwrap_or(0)
+                .max(u32::from(r.timeout.is_some())),
             retry: r.retry.as_ref().map(Into::into),
             retryable: r.retryable,
         }
@@ -356,7 +404,12 @@ impl TryFrom<&pb::BackendPolicy> for BackendPolicy {
         let balancer = match pb::Balancer::try_from(p.balancer) {
             Ok(pb::Balancer::Unspecified | pb::Balancer::P2cPeakEwma) => BalancerKind::P2cPeakEwma,
             Ok(pb::Balancer::RoundRobin) => BalancerKind::RoundRobin,
-            Err(_) => return Err(InvalidValue::new("balancer", format!("unknown balancer {}", p.balancer))),
+            Err(_) => {
+                return Err(InvalidValue::new(
+                    "balancer",
+                    format!("unknown balancer {}", p.balancer),
+                ))
+            }
         };
         let defaults = RetryBudget::default();
         let retry_budget = match &p.retry_budget {
@@ -367,7 +420,10 @@ impl TryFrom<&pb::BackendPolicy> for BackendPolicy {
                 ttl: ms_or(b.ttl_ms, defaults.ttl),
             },
         };
-        let policy = BackendPolicy { balancer, retry_budget };
+        let policy = BackendPolicy {
+            balancer,
+            retry_budget,
+        };
         policy.validate()?;
         Ok(policy)
     }
@@ -430,7 +486,10 @@ mod tests {
     #[test]
     fn bad_endpoint_names_the_field() {
         let e = pb::Endpoint {
-            address: Some(pb::TcpAddress { ip: vec![1, 2, 3], port: 80 }),
+            address: Some(pb::TcpAddress {
+                ip: vec![1, 2, 3],
+                port: 80,
+            }),
             ..Default::default()
         };
         let err = endpoints_from_proto(&[e]).unwrap_err();
@@ -463,7 +522,10 @@ policy: { balancer: round_robin, retry_budget: { ratio: 0.5, min_retries_per_sec
         let msg = pb::ServiceProfile {
             routes: vec![pb::Route {
                 name: "r".into(),
-                backends: vec![pb::WeightedBackend { authority: "no port".into(), weight: 1 }],
+                backends: vec![pb::WeightedBackend {
+                    authority: "no port".into(),
+                    weight: 1,
+                }],
                 ..Default::default()
             }],
             policy: None,

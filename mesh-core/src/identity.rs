@@ -14,7 +14,10 @@ impl Identity {
     /// path of printable ASCII without spaces.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let rest = s.strip_prefix("spiffe://").ok_or_else(|| {
-            InvalidValue::new("", format!("'{s}' is not a SPIFFE ID (spiffe://domain/path)"))
+            InvalidValue::new(
+                "",
+                format!("'{s}' is not a SPIFFE ID (spiffe://domain/path)"),
+            )
         })?;
         let (domain, path) = rest.split_once('/').ok_or_else(|| {
             InvalidValue::new("", format!("'{s}' has no path after the trust domain"))
@@ -26,7 +29,9 @@ impl Identity {
         {
             return Err(InvalidValue::new(
                 "",
-                format!("trust domain '{domain}' must be lower-case letters, digits, '-', '.', '_'"),
+                format!(
+                    "trust domain '{domain}' must be lower-case letters, digits, '-', '.', '_'"
+                ),
             ));
         }
         if path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
@@ -85,7 +90,14 @@ mod tests {
 
     #[test]
     fn rejects_others() {
-        for bad in ["", "web", "spiffe://", "spiffe://Cluster/x", "spiffe://d/", "spiffe://d/a b"] {
+        for bad in [
+            "",
+            "web",
+            "spiffe://",
+            "spiffe://Cluster/x",
+            "spiffe://d/",
+            "spiffe://d/a b",
+        ] {
             assert!(Identity::parse(bad).is_err(), "{bad}");
         }
     }

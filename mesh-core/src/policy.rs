@@ -41,7 +41,11 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
             max_retries: 2,
-            on: vec![RetryOn::GatewayError, RetryOn::ConnectFailure, RetryOn::Grpc],
+            on: vec![
+                RetryOn::GatewayError,
+                RetryOn::ConnectFailure,
+                RetryOn::Grpc,
+            ],
             grpc_codes: vec![14],
             backoff_base: Duration::from_millis(25),
             backoff_max: Duration::from_millis(250),
@@ -60,7 +64,10 @@ impl RetryPolicy {
         if self.max_retries > MAX_RETRIES_LIMIT {
             return Err(InvalidValue::new(
                 "max_retries",
-                format!("{} is above the limit of {MAX_RETRIES_LIMIT}", self.max_retries),
+                format!(
+                    "{} is above the limit of {MAX_RETRIES_LIMIT}",
+                    self.max_retries
+                ),
             ));
         }
         if self.backoff_base > self.backoff_max {
@@ -78,7 +85,10 @@ impl RetryPolicy {
         if self.max_body_bytes > MAX_REPLAY_BODY_LIMIT {
             return Err(InvalidValue::new(
                 "max_body_bytes",
-                format!("{} is above the limit of {MAX_REPLAY_BODY_LIMIT}", self.max_body_bytes),
+                format!(
+                    "{} is above the limit of {MAX_REPLAY_BODY_LIMIT}",
+                    self.max_body_bytes
+                ),
             ));
         }
         if let Some(c) = self.grpc_codes.iter().find(|c| **c > 16) {
@@ -245,9 +255,10 @@ mod tests {
 
     #[test]
     fn policy_reads_from_yaml() {
-        let p: RetryPolicy =
-            serde_yaml_ng::from_str("max_retries: 3\non: [5xx, connect_failure]\nbackoff_base: 10ms\n")
-                .unwrap();
+        let p: RetryPolicy = serde_yaml_ng::from_str(
+            "max_retries: 3\non: [5xx, connect_failure]\nbackoff_base: 10ms\n",
+        )
+        .unwrap();
         assert_eq!(p.max_retries, 3);
         assert_eq!(p.on, vec![RetryOn::ServerError, RetryOn::ConnectFailure]);
         assert_eq!(p.backoff_base, Duration::from_millis(10));

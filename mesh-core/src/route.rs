@@ -123,9 +123,18 @@ impl TryFrom<OneOf> for PathMatch {
 impl From<PathMatch> for OneOf {
     fn from(p: PathMatch) -> Self {
         match p {
-            PathMatch::Exact(e) => OneOf { exact: Some(e), ..Default::default() },
-            PathMatch::Prefix(p) => OneOf { prefix: Some(p), ..Default::default() },
-            PathMatch::Regex(r) => OneOf { regex: Some(r), ..Default::default() },
+            PathMatch::Exact(e) => OneOf {
+                exact: Some(e),
+                ..Default::default()
+            },
+            PathMatch::Prefix(p) => OneOf {
+                prefix: Some(p),
+                ..Default::default()
+            },
+            PathMatch::Regex(r) => OneOf {
+                regex: Some(r),
+                ..Default::default()
+            },
         }
     }
 }
@@ -153,8 +162,14 @@ impl TryFrom<ValueOneOf> for ValueMatch {
 impl From<ValueMatch> for ValueOneOf {
     fn from(v: ValueMatch) -> Self {
         match v {
-            ValueMatch::Exact(e) => ValueOneOf { exact: Some(e), regex: None },
-            ValueMatch::Regex(r) => ValueOneOf { exact: None, regex: Some(r) },
+            ValueMatch::Exact(e) => ValueOneOf {
+                exact: Some(e),
+                regex: None,
+            },
+            ValueMatch::Regex(r) => ValueOneOf {
+                exact: None,
+                regex: Some(r),
+            },
         }
     }
 }
@@ -208,7 +223,12 @@ pub struct RouteMatch {
 
 impl RouteMatch {
     /// Whether the request (its method, URI and headers) satisfies every condition.
-    pub fn is_match(&self, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
+    pub fn is_match(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> bool {
         if let Some(m) = &self.method {
             if m != method.as_str() {
                 return false;
@@ -311,8 +331,17 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn is_match(&self, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.is_match(method, uri, headers))
+    pub fn is_match(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        self.matches.is_empty()
+            || self
+                .matches
+                .iter()
+                .any(|m| m.is_match(method, uri, headers))
     }
 
     pub fn validate(&self) -> Result<(), InvalidValue> {
@@ -320,7 +349,8 @@ impl Route {
             return Err(InvalidValue::new("name", "a route needs a name"));
         }
         for (i, m) in self.matches.iter().enumerate() {
-            m.validate().map_err(|e| e.within(format!("matches[{i}]")))?;
+            m.validate()
+                .map_err(|e| e.within(format!("matches[{i}]")))?;
         }
         if !self.backends.is_empty() && self.backends.iter().all(|b| b.weight == 0) {
             return Err(InvalidValue::new(
@@ -330,11 +360,17 @@ impl Route {
         }
         let total: u64 = self.backends.iter().map(|b| b.weight as u64).sum();
         if total > u32::MAX as u64 {
-            return Err(InvalidValue::new("backends", "the weights add up to more than 2^32"));
+            return Err(InvalidValue::new(
+                "backends",
+                "the weights add up to more than 2^32",
+            ));
         }
         if let Some(t) = self.timeout {
             if t.is_zero() {
-                return Err(InvalidValue::new("timeout", "must be positive; omit it for none"));
+                return Err(InvalidValue::new(
+                    "timeout",
+                    "must be positive; omit it for none",
+                ));
             }
         }
         if let Some(r) = &self.retry {
@@ -378,7 +414,9 @@ impl ServiceProfile {
         uri: &http::Uri,
         headers: &http::HeaderMap,
     ) -> Option<&Route> {
-        self.routes.iter().find(|r| r.is_match(method, uri, headers))
+        self.routes
+            .iter()
+            .find(|r| r.is_match(method, uri, headers))
     }
 
     pub fn validate(&self) -> Result<(), InvalidValue> {
@@ -401,7 +439,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> (http::Method, http::Uri, http::HeaderMap) {
+    fn req(
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (http::Method, http::Uri, http::HeaderMap) {
         let mut h = http::HeaderMap::new();
         for (k, v) in headers {
             h.append(
@@ -453,15 +495,15 @@ retry: { max_retries: 1 }
 
     #[test]
     fn invalid_routes_name_the_field() {
-        let r: Route = serde_yaml_ng::from_str("name: a\nmatches: [{ path: { exact: nope } }]\n").unwrap();
+        let r: Route =
+            serde_yaml_ng::from_str("name: a\nmatches: [{ path: { exact: nope } }]\n").unwrap();
         assert_eq!(r.validate().unwrap_err().field, "matches[0].path");
-        let err = serde_yaml_ng::from_str::<Route>("name: a\nmatches: [{ path: { regex: '(' } }]\n")
-            .unwrap_err();
+        let err =
+            serde_yaml_ng::from_str::<Route>("name: a\nmatches: [{ path: { regex: '(' } }]\n")
+                .unwrap_err();
         assert!(err.to_string().contains("invalid regex"), "{err}");
-        let p: ServiceProfile = serde_yaml_ng::from_str(
-            "routes: [ { name: a }, { name: a } ]\n",
-        )
-        .unwrap();
+        let p: ServiceProfile =
+            serde_yaml_ng::from_str("routes: [ { name: a }, { name: a } ]\n").unwrap();
         assert_eq!(p.validate().unwrap_err().field, "routes[1].name");
     }
 

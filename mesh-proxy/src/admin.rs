@@ -75,7 +75,10 @@ impl Admin {
                 } else if (self.ready)() {
                     text(StatusCode::OK, "ready\n")
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: discovery is not up yet\n")
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: discovery is not up yet\n",
+                    )
                 }
             }
             (&Method::GET, "/metrics") => {
@@ -108,7 +111,12 @@ impl Admin {
                 };
                 let body = match Limited::new(req.into_body(), 4096).collect().await {
                     Ok(b) => b.to_bytes(),
-                    Err(_) => return text(StatusCode::BAD_REQUEST, "body must be a log filter of at most 4 KiB\n"),
+                    Err(_) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "body must be a log filter of at most 4 KiB\n",
+                        )
+                    }
                 };
                 let filter = String::from_utf8_lossy(&body).trim().to_string();
                 match log(Some(&filter)) {
@@ -121,7 +129,10 @@ impl Admin {
             }
             (&Method::POST, "/shutdown") => {
                 if !peer.ip().is_loopback() {
-                    return text(StatusCode::FORBIDDEN, "shutdown is accepted from loopback only\n");
+                    return text(
+                        StatusCode::FORBIDDEN,
+                        "shutdown is accepted from loopback only\n",
+                    );
                 }
                 self.shutdown_tx.send_replace(true);
                 text(StatusCode::OK, "shutting down\n")

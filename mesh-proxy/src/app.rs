@@ -51,14 +51,16 @@ impl Running {
 }
 
 async fn bind(addr: SocketAddr, what: &str, var: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what} listener (set {var} to a free address)"))
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for the {what} listener (set {var} to a free address)")
+    })
 }
 
 pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
-    let (resolver, ready): (Arc<dyn Resolve>, Arc<dyn Fn() -> bool + Send + Sync>) = match &cfg.discovery {
+    let (resolver, ready): (Arc<dyn Resolve>, Arc<dyn Fn() -> bool + Send + Sync>) = match &cfg
+        .discovery
+    {
         DiscoverySource::None => (Arc::new(PassThrough), Arc::new(|| true)),
         DiscoverySource::StaticFile(path) => (
             StaticResolver::start(path.clone(), Duration::from_secs(1))
@@ -73,7 +75,12 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
     };
     let dests = Arc::new(Destinations::new(resolver));
     let client = Arc::new(Client::new(cfg.connect_timeout, cfg.http_idle_timeout));
-    let outbound = Arc::new(Outbound::new(dests.clone(), client.clone(), metrics.clone(), cfg.discovery_timeout));
+    let outbound = Arc::new(Outbound::new(
+        dests.clone(),
+        client.clone(),
+        metrics.clone(),
+        cfg.discovery_timeout,
+    ));
     let inbound = Arc::new(Inbound::new(client, metrics.clone(), cfg.inbound_forward));
 
     let out_l = bind(cfg.outbound_addr, "outbound", "MESH_PROXY_OUTBOUND_ADDR").await?;
@@ -93,8 +100,18 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         shutdown: shutdown_rx.clone(),
     });
     let tracker = Arc::new(());
-    tokio::spawn(accept_loop(out_l, Direction::Outbound, ctx.clone(), tracker.clone()));
-    tokio::spawn(accept_loop(in_l, Direction::Inbound, ctx.clone(), tracker.clone()));
+    tokio::spawn(accept_loop(
+        out_l,
+        Direction::Outbound,
+        ctx.clone(),
+        tracker.clone(),
+    ));
+    tokio::spawn(accept_loop(
+        in_l,
+        Direction::Inbound,
+        ctx.clone(),
+        tracker.clone(),
+    ));
     drop(ctx);
     tokio::spawn(admin::serve(
         admin_l,
@@ -118,7 +135,10 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         }
         let left = Arc::strong_count(&tracker) - 1;
         if left > 0 {
-            tracing::warn!(connections = left, "grace period over; closing remaining connections");
+            tracing::warn!(
+                connections = left,
+                "grace period over; closing remaining connections"
+            );
         } else {
             tracing::info!("drained");
         }

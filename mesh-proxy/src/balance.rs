@@ -199,7 +199,11 @@ impl Balancer {
                     }
                     let now = Instant::now();
                     let (ea, eb) = (&eps[a], &eps[b]);
-                    Some(if ea.cost(now) <= eb.cost(now) { ea.clone() } else { eb.clone() })
+                    Some(if ea.cost(now) <= eb.cost(now) {
+                        ea.clone()
+                    } else {
+                        eb.clone()
+                    })
                 }
             },
         }
@@ -293,7 +297,9 @@ mod tests {
         let b = Balancer::default();
         b.set_kind(BalancerKind::RoundRobin);
         b.set(vec![ep(1), ep(2), ep(3)]);
-        let ports: Vec<u16> = (0..6).map(|_| b.pick().unwrap().endpoint.addr.port()).collect();
+        let ports: Vec<u16> = (0..6)
+            .map(|_| b.pick().unwrap().endpoint.addr.port())
+            .collect();
         assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
     }
 
@@ -317,7 +323,10 @@ mod tests {
     #[test]
     fn peak_ewma_jumps_up_and_decays() {
         let now = Instant::now();
-        let mut e = PeakEwma { rtt_ns: 1e6, updated: now };
+        let mut e = PeakEwma {
+            rtt_ns: 1e6,
+            updated: now,
+        };
         e.observe(Duration::from_millis(100), now);
         assert_eq!(e.rtt_ns, 100e6);
         e.observe(Duration::from_millis(1), now + Duration::from_secs(10));

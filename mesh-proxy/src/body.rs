@@ -124,7 +124,7 @@ impl ReplayBody {
             shared: self.shared.clone(),
             next: 0,
             trailers_sent: false,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         })
     }
 
@@ -204,11 +204,15 @@ impl Body for ReplayBody {
     fn is_end_stream(&self) -> bool {
         self.shared
             .lock()
-            .map(|s| s.source_done && s.total <= self.next && (self.trailers_sent || s.trailers.is_none()))
+            .map(|s| {
+                s.source_done
+                    && s.total <= self.next
+                    && (self.trailers_sent || s.trailers.is_none())
+            })
             .unwrap_or(true)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }

@@ -35,7 +35,10 @@ impl Client {
             .pool_max_idle_per_host(1024)
             .set_host(false)
             .build(connector);
-        Self { h1, connect_timeout }
+        Self {
+            h1,
+            connect_timeout,
+        }
     }
 
     /// Sends an HTTP/1 request. The URI must be absolute and name the endpoint to connect to;
@@ -66,10 +69,13 @@ impl Client {
         target: &str,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        self.h1.request(req).await.map_err(|e| ProxyError::ConnectName {
-            target: target.to_string(),
-            source: e.into(),
-        })
+        self.h1
+            .request(req)
+            .await
+            .map_err(|e| ProxyError::ConnectName {
+                target: target.to_string(),
+                source: e.into(),
+            })
     }
 
     /// Sends an HTTP/2 request over the endpoint's shared connection, connecting first if
@@ -87,13 +93,19 @@ impl Client {
                 slot.put(s)
             }
         };
-        sender.send_request(req).await.map_err(|e| ProxyError::Upstream {
-            addr,
-            source: e.into(),
-        })
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::Upstream {
+                addr,
+                source: e.into(),
+            })
     }
 
-    async fn connect_h2(&self, addr: SocketAddr) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
+    async fn connect_h2(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
         let connect = async {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;

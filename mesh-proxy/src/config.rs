@@ -13,7 +13,11 @@ use crate::detect::DEFAULT_OPAQUE_PORTS;
 pub struct RawConfig {
     /// Listener for traffic from the local app (transparent via iptables, or explicit with a
     /// Host header naming the service).
-    #[arg(long, env = "MESH_PROXY_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
+    #[arg(
+        long,
+        env = "MESH_PROXY_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:4140"
+    )]
     pub outbound_addr: Option<String>,
     /// Listener for traffic to the local app (from other proxies and clients).
     #[arg(long, env = "MESH_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
@@ -127,7 +131,8 @@ impl Checker {
         let v = v.as_deref()?.trim();
         match humantime::parse_duration(v) {
             Ok(d) if d.is_zero() => {
-                self.errors.push(format!("{name}='{v}' must be longer than zero"));
+                self.errors
+                    .push(format!("{name}='{v}' must be longer than zero"));
                 None
             }
             Ok(d) if d > max => {
@@ -185,18 +190,46 @@ impl Config {
         let inbound_addr = c.addr("MESH_PROXY_INBOUND_ADDR", &raw.inbound_addr);
         let admin_addr = c.addr("MESH_PROXY_ADMIN_ADDR", &raw.admin_addr);
         let inbound_forward = c.addr("MESH_PROXY_INBOUND_FORWARD", &raw.inbound_forward);
-        let detect_timeout = c.duration("MESH_PROXY_DETECT_TIMEOUT", &raw.detect_timeout, Duration::from_secs(30));
-        let connect_timeout = c.duration("MESH_PROXY_CONNECT_TIMEOUT", &raw.connect_timeout, Duration::from_secs(60));
-        let http_idle_timeout = c.duration("MESH_PROXY_HTTP_IDLE_TIMEOUT", &raw.http_idle_timeout, 24 * hour);
-        let tcp_idle_timeout = c.duration("MESH_PROXY_TCP_IDLE_TIMEOUT", &raw.tcp_idle_timeout, 24 * hour);
-        let discovery_timeout = c.duration("MESH_PROXY_DISCOVERY_TIMEOUT", &raw.discovery_timeout, Duration::from_secs(60));
+        let detect_timeout = c.duration(
+            "MESH_PROXY_DETECT_TIMEOUT",
+            &raw.detect_timeout,
+            Duration::from_secs(30),
+        );
+        let connect_timeout = c.duration(
+            "MESH_PROXY_CONNECT_TIMEOUT",
+            &raw.connect_timeout,
+            Duration::from_secs(60),
+        );
+        let http_idle_timeout = c.duration(
+            "MESH_PROXY_HTTP_IDLE_TIMEOUT",
+            &raw.http_idle_timeout,
+            24 * hour,
+        );
+        let tcp_idle_timeout = c.duration(
+            "MESH_PROXY_TCP_IDLE_TIMEOUT",
+            &raw.tcp_idle_timeout,
+            24 * hour,
+        );
+        let discovery_timeout = c.duration(
+            "MESH_PROXY_DISCOVERY_TIMEOUT",
+            &raw.discovery_timeout,
+            Duration::from_secs(60),
+        );
         let shutdown_grace = c.duration("MESH_PROXY_SHUTDOWN_GRACE", &raw.shutdown_grace, hour);
         let opaque_ports = match raw.opaque_ports.as_deref() {
             Some(v) => c.ports("MESH_PROXY_OPAQUE_PORTS", v),
             None => DEFAULT_OPAQUE_PORTS.to_vec(),
         };
-        let ctrl = raw.controller_addr.as_deref().map(str::trim).filter(|s| !s.is_empty());
-        let file = raw.static_config.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let ctrl = raw
+            .controller_addr
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
+        let file = raw
+            .static_config
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty());
         let discovery = match (ctrl, file) {
             (Some(_), Some(_)) => {
                 c.errors.push(
@@ -205,7 +238,9 @@ impl Config {
                 DiscoverySource::None
             }
             (Some(u), None) => match u.parse::<http::Uri>() {
-                Ok(uri) if matches!(uri.scheme_str(), Some("http")) && uri.authority().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http")) && uri.authority().is_some() =>
+                {
                     DiscoverySource::Controller(uri)
                 }
                 _ => {
@@ -228,22 +263,35 @@ impl Config {
         };
         let log = raw.log.clone().unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
-            c.errors.push(format!("MESH_PROXY_LOG='{log}' is not a valid log filter: {e}"));
+            c.errors.push(format!(
+                "MESH_PROXY_LOG='{log}' is not a valid log filter: {e}"
+            ));
         }
         let log_format = match raw.log_format.as_deref().unwrap_or("plain") {
             "plain" => LogFormat::Plain,
             "json" => LogFormat::Json,
             other => {
-                c.errors.push(format!("MESH_PROXY_LOG_FORMAT='{other}' must be plain or json"));
+                c.errors.push(format!(
+                    "MESH_PROXY_LOG_FORMAT='{other}' must be plain or json"
+                ));
                 LogFormat::Plain
             }
         };
-        let listeners = [("outbound", outbound_addr), ("inbound", inbound_addr), ("admin", admin_addr)];
+        let listeners = [
+            ("outbound", outbound_addr),
+            ("inbound", inbound_addr),
+            ("admin", admin_addr),
+        ];
         for (i, (a, x)) in listeners.iter().enumerate() {
             for (b, y) in &listeners[i + 1..] {
                 if let (Some(x), Some(y)) = (x, y) {
-                    if x.port() != 0 && x.port() == y.port() && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified()) {
-                        c.errors.push(format!("the {a} and {b} listeners both use {x}; give each its own port"));
+                    if x.port() != 0
+                        && x.port() == y.port()
+                        && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+                    {
+                        c.errors.push(format!(
+                            "the {a} and {b} listeners both use {x}; give each its own port"
+                        ));
                     }
                 }
             }

@@ -48,8 +48,15 @@ pub struct Profile {
 
 impl Profile {
     fn new(profile: ServiceProfile) -> Self {
-        let route_labels = profile.routes.iter().map(|r| Str::from(r.name.as_str())).collect();
-        Self { profile, route_labels }
+        let route_labels = profile
+            .routes
+            .iter()
+            .map(|r| Str::from(r.name.as_str()))
+            .collect();
+        Self {
+            profile,
+            route_labels,
+        }
     }
 }
 
@@ -88,10 +95,11 @@ impl Destination {
             return Ok(now);
         }
         let mut rx = self.status.subscribe();
-        let result = match tokio::time::timeout(timeout, rx.wait_for(|r| *r != Resolution::Pending)).await {
-            Ok(Ok(r)) => Ok(*r),
-            _ => Err(ProxyError::DiscoveryTimeout(self.authority.to_string())),
-        };
+        let result =
+            match tokio::time::timeout(timeout, rx.wait_for(|r| *r != Resolution::Pending)).await {
+                Ok(Ok(r)) => Ok(*r),
+                _ => Err(ProxyError::DiscoveryTimeout(self.authority.to_string())),
+            };
         result
     }
 

@@ -79,12 +79,19 @@ pub fn classify(buf: &[u8]) -> Verdict {
             let ok = line.len() > method_len + 10
                 && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
                 && !line[method_len + 1..line.len() - 9].contains(&b' ');
-            Verdict::Is(if ok { Protocol::Http1 } else { Protocol::Opaque })
+            Verdict::Is(if ok {
+                Protocol::Http1
+            } else {
+                Protocol::Opaque
+            })
         }
         None if buf.len() >= MAX_REQUEST_LINE => Verdict::Is(Protocol::Opaque),
         None => {
             // Request targets hold no control characters; binary data means opaque.
-            if buf[method_len + 1..].iter().any(|b| *b < 0x20 && *b != b'\r') {
+            if buf[method_len + 1..]
+                .iter()
+                .any(|b| *b < 0x20 && *b != b'\r')
+            {
                 Verdict::Is(Protocol::Opaque)
             } else {
                 Verdict::NeedMore
@@ -188,14 +195,26 @@ mod tests {
 
     #[test]
     fn classifies_known_prefixes() {
-        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n"), Verdict::Is(Protocol::Http1));
-        assert_eq!(classify(b"POST /x?y=1 HTTP/1.0\r\n"), Verdict::Is(Protocol::Http1));
+        assert_eq!(
+            classify(b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            Verdict::Is(Protocol::Http1)
+        );
+        assert_eq!(
+            classify(b"POST /x?y=1 HTTP/1.0\r\n"),
+            Verdict::Is(Protocol::Http1)
+        );
         assert_eq!(classify(H2_PREFACE), Verdict::Is(Protocol::Http2));
         assert_eq!(classify(b"PRI * HT"), Verdict::NeedMore);
         assert_eq!(classify(b"GET /abc"), Verdict::NeedMore);
         assert_eq!(classify(b"GE"), Verdict::NeedMore);
-        assert_eq!(classify(b"\x16\x03\x01\x02\x00"), Verdict::Is(Protocol::Opaque));
-        assert_eq!(classify(b"*1\r\n$4\r\nPING\r\n"), Verdict::Is(Protocol::Opaque));
+        assert_eq!(
+            classify(b"\x16\x03\x01\x02\x00"),
+            Verdict::Is(Protocol::Opaque)
+        );
+        assert_eq!(
+            classify(b"*1\r\n$4\r\nPING\r\n"),
+            Verdict::Is(Protocol::Opaque)
+        );
         assert_eq!(classify(b"GET / SMTP\r\n"), Verdict::Is(Protocol::Opaque));
         assert_eq!(classify(b"GET /\x00"), Verdict::Is(Protocol::Opaque));
     }

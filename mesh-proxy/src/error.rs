@@ -38,17 +38,22 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Connect { .. } | ProxyError::ConnectName { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectName { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::NoEndpoints(_) | ProxyError::DiscoveryTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::NoEndpoints(_) | ProxyError::DiscoveryTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest(_) | ProxyError::NoDestination => StatusCode::BAD_REQUEST,
         }
     }
 
     /// The request never reached the endpoint, so retrying it is always safe.
     pub fn is_connect(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. } | ProxyError::ConnectName { .. })
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectName { .. }
+        )
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
@@ -61,7 +66,10 @@ impl ProxyError {
             PROXY_ERROR_HEADER,
             HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("proxy error")),
         );
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
         rsp
     }
 }

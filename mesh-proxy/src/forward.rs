@@ -25,7 +25,8 @@ use crate::error::ProxyError;
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("mesh-orig-proto");
 const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
 /// Sends one attempt to one endpoint of `dest`.
 #[derive(Clone)]
@@ -112,7 +113,8 @@ pub fn set_uri<B>(req: &mut Request<B>, authority: Authority) -> Result<(), Prox
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request URI"))?;
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request URI"))?;
     Ok(())
 }
 

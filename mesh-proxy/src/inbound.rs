@@ -48,19 +48,37 @@ impl Inbound {
     }
 
     fn endpoint(&self, addr: SocketAddr) -> (Arc<EndpointHandle>, Str) {
-        let make = || (Arc::new(EndpointHandle::new(Endpoint::new(addr))), Str::from(addr.to_string().as_str()));
+        let make = || {
+            (
+                Arc::new(EndpointHandle::new(Endpoint::new(addr))),
+                Str::from(addr.to_string().as_str()),
+            )
+        };
         match self.targets.lock() {
             Ok(mut map) => map.entry(addr).or_insert_with(make).clone(),
             Err(_) => make(),
         }
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, orig_dst: Option<SocketAddr>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        orig_dst: Option<SocketAddr>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let Some(target) = self.target(orig_dst) else {
-            let rsp = ProxyError::BadRequest("inbound traffic has no target: set MESH_PROXY_INBOUND_FORWARD")
-                .into_response();
-            record(&self.metrics, Direction::Inbound, Str::from("unknown"), self.route.clone(), &rsp, start);
+            let rsp = ProxyError::BadRequest(
+                "inbound traffic has no target: set MESH_PROXY_INBOUND_FORWARD",
+            )
+            .into_response();
+            record(
+                &self.metrics,
+                Direction::Inbound,
+                Str::from("unknown"),
+                self.route.clone(),
+                &rsp,
+                start,
+            );
             return rsp;
         };
         let (ep, label) = self.endpoint(target);
@@ -87,7 +105,14 @@ impl Inbound {
                 e.into_response()
             }
         };
-        record(&self.metrics, Direction::Inbound, label, self.route.clone(), &rsp, start);
+        record(
+            &self.metrics,
+            Direction::Inbound,
+            label,
+            self.route.clone(),
+            &rsp,
+            start,
+        );
         rsp
     }
 }

@@ -75,8 +75,12 @@ fn init_logging(cfg: &Config) -> LogControl {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match cfg.log_format {
-        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer().with_target(false)).init(),
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json()).init(),
+        LogFormat::Plain => registry
+            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init(),
     }
     Arc::new(move |new: Option<&str>| {
         if let Some(f) = new {

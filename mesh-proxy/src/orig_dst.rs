@@ -51,7 +51,10 @@ mod sys {
                 libc::AF_INET => {
                     let sa = &*(&storage as *const _ as *const libc::sockaddr_in);
                     let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
-                    Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sa.sin_port))))
+                    Some(SocketAddr::V4(SocketAddrV4::new(
+                        ip,
+                        u16::from_be(sa.sin_port),
+                    )))
                 }
                 libc::AF_INET6 => {
                     let sa = &*(&storage as *const _ as *const libc::sockaddr_in6);

@@ -44,7 +44,12 @@ struct Routed {
 }
 
 impl Outbound {
-    pub fn new(dests: Arc<Destinations>, client: Arc<Client>, metrics: Arc<Metrics>, discovery_timeout: Duration) -> Self {
+    pub fn new(
+        dests: Arc<Destinations>,
+        client: Arc<Client>,
+        metrics: Arc<Metrics>,
+        discovery_timeout: Duration,
+    ) -> Self {
         Self {
             dests,
             client,
@@ -57,7 +62,11 @@ impl Outbound {
     }
 
     /// Serves one request from the app. Never fails: errors become proxy responses.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, orig_dst: Option<SocketAddr>) -> Response<ProxyBody> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        orig_dst: Option<SocketAddr>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let mut routed = None;
         let rsp = match self.route(req, orig_dst, &mut routed).await {
@@ -71,7 +80,14 @@ impl Outbound {
             authority: Str::from("unknown"),
             route: self.default_route.clone(),
         });
-        record(&self.metrics, Direction::Outbound, routed.authority, routed.route, &rsp, start);
+        record(
+            &self.metrics,
+            Direction::Outbound,
+            routed.authority,
+            routed.route,
+            &rsp,
+            start,
+        );
         rsp
     }
 
@@ -86,8 +102,9 @@ impl Outbound {
             Some(host) => Some(match self.dests.lookup(host) {
                 Some(d) => d,
                 None => {
-                    let authority = Authority::parse(host, Some(default_port))
-                        .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+                    let authority = Authority::parse(host, Some(default_port)).map_err(|_| {
+                        ProxyError::BadRequest("the Host header is not a valid authority")
+                    })?;
                     self.dests.get(&authority)
                 }
             }),
@@ -118,7 +135,10 @@ impl Outbound {
             .iter()
             .position(|r| r.is_match(req.method(), req.uri(), req.headers()));
         let route = route_idx.map(|i| &profile.profile.routes[i]);
-        let route_label = route_idx.map_or_else(|| self.default_route.clone(), |i| profile.route_labels[i].clone());
+        let route_label = route_idx.map_or_else(
+            || self.default_route.clone(),
+            |i| profile.route_labels[i].clone(),
+        );
         *routed = Some(Routed {
             authority: dest.label.clone(),
             route: route_label.clone(),
@@ -137,7 +157,9 @@ impl Outbound {
         };
 
         let policy_ref = match route_idx {
-            Some(i) if profile.profile.routes[i].retry.is_some() => retry::PolicyRef::Route(profile.clone(), i),
+            Some(i) if profile.profile.routes[i].retry.is_some() => {
+                retry::PolicyRef::Route(profile.clone(), i)
+            }
             _ => retry::PolicyRef::Default,
         };
         let policy = policy_ref.get();
@@ -204,8 +226,9 @@ impl Outbound {
                 let host = forward::request_authority(&req)
                     .ok_or(ProxyError::NoDestination)?
                     .to_string();
-                let authority = Authority::parse(&host, Some(80))
-                    .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+                let authority = Authority::parse(&host, Some(80)).map_err(|_| {
+                    ProxyError::BadRequest("the Host header is not a valid authority")
+                })?;
                 *routed = Some(Routed {
                     authority: Str::from(authority.as_str()),
                     route: self.passthrough_route.clone(),
@@ -213,8 +236,10 @@ impl Outbound {
                 if req.version() == http::Version::HTTP_2 {
                     return Err(ProxyError::NoEndpoints(host));
                 }
-                let uri_authority = http::uri::Authority::try_from(authority.as_str())
-                    .map_err(|_| ProxyError::BadRequest("the Host header is not a valid authority"))?;
+                let uri_authority =
+                    http::uri::Authority::try_from(authority.as_str()).map_err(|_| {
+                        ProxyError::BadRequest("the Host header is not a valid authority")
+                    })?;
                 forward::set_uri(&mut req, uri_authority)?;
                 let rsp = self.client.send_h1_named(authority.as_str(), req).await?;
                 Ok(rsp.map(ProxyBody::Incoming))
@@ -249,7 +274,14 @@ fn body_is_empty(b: &Incoming) -> bool {
 }
 
 /// Records the golden metrics of one request.
-pub fn record(metrics: &Metrics, direction: Direction, authority: Str, route: Str, rsp: &Response<ProxyBody>, start: Instant) {
+pub fn record(
+    metrics: &Metrics,
+    direction: Direction,
+    authority: Str,
+    route: Str,
+    rsp: &Response<ProxyBody>,
+    start: Instant,
+) {
     let status = rsp.status();
     let grpc_failed = rsp
         .headers()

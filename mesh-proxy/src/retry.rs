@@ -37,7 +37,12 @@ pub fn is_safe(method: &Method, route_retryable: bool) -> bool {
     route_retryable
         || matches!(
             *method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
         )
 }
 
@@ -137,8 +142,12 @@ fn should_retry(policy: &RetryPolicy, result: &Result<Response<ProxyBody>, Proxy
 
 impl<S> tower::Service<Request<ProxyBody>> for Retry<S>
 where
-    S: tower::Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError, Future = ResponseFuture>
-        + Clone
+    S: tower::Service<
+            Request<ProxyBody>,
+            Response = Response<ProxyBody>,
+            Error = ProxyError,
+            Future = ResponseFuture,
+        > + Clone
         + Send
         + 'static,
 {
@@ -183,7 +192,10 @@ where
             while retries < policy.max_retries && should_retry(policy, &result) {
                 let Some(next) = template.next() else { break };
                 if !cfg.budget.withdraw() {
-                    cfg.metrics.budget_exhausted.get_or_create(&cfg.labels).inc();
+                    cfg.metrics
+                        .budget_exhausted
+                        .get_or_create(&cfg.labels)
+                        .inc();
                     break;
                 }
                 cfg.metrics.retries.get_or_create(&cfg.labels).inc();
@@ -203,7 +215,12 @@ where
 fn make_backoff(
     policy: &RetryPolicy,
 ) -> Option<<ExponentialBackoffMaker<HasherRng> as MakeBackoff>::Backoff> {
-    ExponentialBackoffMaker::new(policy.backoff_base, policy.backoff_max, 1.0, HasherRng::default())
-        .ok()
-        .map(|mut m| m.make_backoff())
+    ExponentialBackoffMaker::new(
+        policy.backoff_base,
+        policy.backoff_max,
+        1.0,
+        HasherRng::default(),
+    )
+    .ok()
+    .map(|mut m| m.make_backoff())
 }

@@ -36,7 +36,12 @@ pub struct Ctx {
 /// Counts live connection tasks, so shutdown can wait for them to drain.
 pub type Tracker = Arc<()>;
 
-pub async fn accept_loop(listener: TcpListener, direction: Direction, ctx: Arc<Ctx>, tracker: Tracker) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    direction: Direction,
+    ctx: Arc<Ctx>,
+    tracker: Tracker,
+) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -61,7 +66,12 @@ pub async fn accept_loop(listener: TcpListener, direction: Direction, ctx: Arc<C
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: SocketAddr, direction: Direction, ctx: Arc<Ctx>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    direction: Direction,
+    ctx: Arc<Ctx>,
+) {
     let _ = stream.set_nodelay(true);
     let orig_dst = crate::orig_dst::original_dst(&stream);
     // The port the client meant: the original destination, or inbound the app's port.
@@ -122,7 +132,11 @@ async fn serve_opaque(
         Direction::Inbound => ctx.inbound.target(orig_dst),
         Direction::Outbound => match orig_dst {
             Some(orig) => match ctx.outbound.tcp_destination(orig).await {
-                Some(dest) => dest.balancer.pick().map(|ep| ep.connect_addr).or(Some(orig)),
+                Some(dest) => dest
+                    .balancer
+                    .pick()
+                    .map(|ep| ep.connect_addr)
+                    .or(Some(orig)),
                 None => Some(orig),
             },
             None => None,

@@ -24,11 +24,19 @@ pub async fn forward(
 ) -> io::Result<()> {
     let mut server = tokio::time::timeout(connect_timeout, TcpStream::connect(target))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {target} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {target} timed out"),
+            )
+        })??;
     server.set_nodelay(true)?;
     if !prefix.is_empty() {
         server.write_all(&prefix).await?;
-        metrics.tcp_read_bytes.get_or_create(labels).inc_by(prefix.len() as u64);
+        metrics
+            .tcp_read_bytes
+            .get_or_create(labels)
+            .inc_by(prefix.len() as u64);
     }
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();

@@ -13,7 +13,11 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-proxy");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Proc {
@@ -49,7 +53,10 @@ async fn spawn_proxy(static_config: &str) -> Proc {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(rsp) = h1_client().get(format!("http://{}/ready", p.admin).parse().unwrap()).await {
+        if let Ok(rsp) = h1_client()
+            .get(format!("http://{}/ready", p.admin).parse().unwrap())
+            .await
+        {
             if rsp.status() == StatusCode::OK {
                 return p;
             }
@@ -93,7 +100,8 @@ fn every_bad_setting_is_reported_and_the_proxy_exits() {
 
 #[test]
 fn invalid_static_config_names_file_and_field() {
-    let (_dir, path) = static_file("services:\n  - authority: web:80\n    policy: { balancer: fastest }\n");
+    let (_dir, path) =
+        static_file("services:\n  - authority: web:80\n    policy: { balancer: fastest }\n");
     let out = Command::new(BIN)
         .env("MESH_PROXY_STATIC_CONFIG", &path)
         .env("MESH_PROXY_OUTBOUND_ADDR", "127.0.0.1:0")
@@ -103,7 +111,10 @@ fn invalid_static_config_names_file_and_field() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mesh.yaml") && err.contains("fastest"), "{err}");
+    assert!(
+        err.contains("mesh.yaml") && err.contains("fastest"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,13 +124,25 @@ async fn log_level_changes_at_runtime_and_shutdown_endpoint_stops_the_proxy() {
     let client = h1_client();
     let put = |body: &'static str| {
         http::Request::put(format!("http://{}/log-level", p.admin))
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                body.as_bytes(),
+            )))
             .unwrap()
     };
-    assert_eq!(client.request(put("debug,hyper=info")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        client
+            .request(put("debug,hyper=info"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     let now = admin_get(p.admin, "/log-level").await.1;
     assert!(now.contains("hyper=info") && now.contains("debug"), "{now}");
-    assert_eq!(client.request(put("not a [filter")).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        client.request(put("not a [filter")).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
     let rsp = client
         .request(
             http::Request::post(format!("http://{}/shutdown", p.admin))
@@ -151,9 +174,16 @@ async fn sigterm_drains_in_flight_requests() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // No new connections once draining started.
-    assert!(tokio::net::TcpStream::connect(p.outbound).await.is_err(), "still accepting after SIGTERM");
+    assert!(
+        tokio::net::TcpStream::connect(p.outbound).await.is_err(),
+        "still accepting after SIGTERM"
+    );
     let answer = in_flight.await.unwrap();
-    assert_eq!(answer.status, StatusCode::OK, "the in-flight request completed");
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "the in-flight request completed"
+    );
     let status = tokio::task::block_in_place(|| wait_exit(&mut p.child, Duration::from_secs(10)));
     assert!(status.expect("exits after draining").success());
 }

@@ -27,7 +27,11 @@ async fn slow_endpoint_gets_fewer_requests() {
     let fast = upstream("fast", Behaviour::Ok).await;
     let slow = upstream("slow", Behaviour::Delay(Duration::from_millis(40))).await;
     let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(fast.addr), endpoint(slow.addr)], None)).await;
+    ctrl.set(
+        "web.test:80",
+        state(vec![endpoint(fast.addr), endpoint(slow.addr)], None),
+    )
+    .await;
     let (proxy, _c) = proxy_with(ctrl).await;
     let client = h1_client();
     let via = proxy.outbound_addr;
@@ -37,7 +41,10 @@ async fn slow_endpoint_gets_fewer_requests() {
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..100 {
-                assert_eq!(get(&client, via, "web.test", "/").await.status, StatusCode::OK);
+                assert_eq!(
+                    get(&client, via, "web.test", "/").await.status,
+                    StatusCode::OK
+                );
             }
         }));
     }
@@ -47,7 +54,10 @@ async fn slow_endpoint_gets_fewer_requests() {
     let (f, s) = (fast.hits(), slow.hits());
     println!("fast={f} slow={s}");
     assert_eq!(f + s, 400);
-    assert!(s * 10 < f, "the slow endpoint should get far fewer requests: fast={f} slow={s}");
+    assert!(
+        s * 10 < f,
+        "the slow endpoint should get far fewer requests: fast={f} slow={s}"
+    );
 }
 
 #[tokio::test]
@@ -62,7 +72,11 @@ async fn round_robin_spreads_evenly() {
             ..Default::default()
         },
     });
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr), endpoint(b.addr)], Some(profile))).await;
+    ctrl.set(
+        "web.test:80",
+        state(vec![endpoint(a.addr), endpoint(b.addr)], Some(profile)),
+    )
+    .await;
     let (proxy, _c) = proxy_with(ctrl).await;
     let client = h1_client();
     for _ in 0..100 {
@@ -76,7 +90,8 @@ async fn endpoints_change_live_without_failed_requests() {
     let a = upstream("a", Behaviour::Ok).await;
     let b = upstream("b", Behaviour::Ok).await;
     let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None)).await;
+    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
+        .await;
     let (proxy, _c) = proxy_with(ctrl.clone()).await;
     let via = proxy.outbound_addr;
     let stop = Arc::new(AtomicBool::new(false));
@@ -112,9 +127,11 @@ async fn endpoints_change_live_without_failed_requests() {
     }
     // Scale down: a leaves (still running, as a terminating pod would be).
     let remove = pb::DestinationUpdate {
-        update: Some(pb::destination_update::Update::Remove(pb::EndpointsRemoved {
-            addresses: vec![mesh_core::convert::addr_to_proto(a.addr)],
-        })),
+        update: Some(pb::destination_update::Update::Remove(
+            pb::EndpointsRemoved {
+                addresses: vec![mesh_core::convert::addr_to_proto(a.addr)],
+            },
+        )),
     };
     ctrl.push("web.test:80", remove).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -124,17 +141,28 @@ async fn endpoints_change_live_without_failed_requests() {
     for t in load {
         t.await.unwrap();
     }
-    println!("sent={} failed={} a={} b={}", sent.load(Ordering::SeqCst), failures.load(Ordering::SeqCst), a.hits(), b.hits());
+    println!(
+        "sent={} failed={} a={} b={}",
+        sent.load(Ordering::SeqCst),
+        failures.load(Ordering::SeqCst),
+        a.hits(),
+        b.hits()
+    );
     assert_eq!(failures.load(Ordering::SeqCst), 0);
     assert!(sent.load(Ordering::SeqCst) > 100);
-    assert_eq!(a.hits(), a_after_removal, "a got traffic after it was removed");
+    assert_eq!(
+        a.hits(),
+        a_after_removal,
+        "a got traffic after it was removed"
+    );
 }
 
 #[tokio::test]
 async fn controller_loss_keeps_last_state_and_restart_resumes() {
     let a = upstream("a", Behaviour::Ok).await;
     let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None)).await;
+    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
+        .await;
     let (proxy, mut controller) = proxy_with(ctrl.clone()).await;
     // Ready once the controller answered.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -143,7 +171,12 @@ async fn controller_loss_keeps_last_state_and_restart_resumes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = h1_client();
-    assert_eq!(get(&client, proxy.outbound_addr, "web.test", "/").await.replica, "a");
+    assert_eq!(
+        get(&client, proxy.outbound_addr, "web.test", "/")
+            .await
+            .replica,
+        "a"
+    );
     // Unknown to the controller and an IP literal: passed through to that address.
     let other = upstream("direct", Behaviour::Ok).await;
     let r = get(&client, proxy.outbound_addr, &other.addr.to_string(), "/").await;
@@ -160,7 +193,9 @@ async fn controller_loss_keeps_last_state_and_restart_resumes() {
     // the new state takes over.
     let b = upstream("b", Behaviour::Ok).await;
     let ctrl2 = Arc::new(FakeController::default());
-    ctrl2.set("web.test:80", state(vec![endpoint(b.addr)], None)).await;
+    ctrl2
+        .set("web.test:80", state(vec![endpoint(b.addr)], None))
+        .await;
     let _controller2 = start_controller_at(ctrl2, addr);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -169,7 +204,10 @@ async fn controller_loss_keeps_last_state_and_restart_resumes() {
         if r.replica == "b" {
             break;
         }
-        assert!(Instant::now() < deadline, "discovery did not resume after the controller restarted");
+        assert!(
+            Instant::now() < deadline,
+            "discovery did not resume after the controller restarted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -186,7 +224,10 @@ async fn not_ready_without_a_controller() {
         ..raw_config()
     })
     .await;
-    assert_eq!(admin_get(proxy.admin_addr, "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        admin_get(proxy.admin_addr, "/ready").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let r = get(&h1_client(), proxy.outbound_addr, "web.test", "/").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.proxy_error.unwrap().contains("discovery"));
@@ -196,21 +237,38 @@ async fn not_ready_without_a_controller() {
 async fn invalid_updates_are_ignored() {
     let a = upstream("a", Behaviour::Ok).await;
     let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None)).await;
+    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
+        .await;
     let (proxy, _c) = proxy_with(ctrl.clone()).await;
     let client = h1_client();
-    assert_eq!(get(&client, proxy.outbound_addr, "web.test", "/").await.replica, "a");
+    assert_eq!(
+        get(&client, proxy.outbound_addr, "web.test", "/")
+            .await
+            .replica,
+        "a"
+    );
     // An endpoint with a 3-byte IP: rejected, the last good state stays.
     let bad = state(
         vec![pb::Endpoint {
-            address: Some(pb::TcpAddress { ip: vec![1, 2, 3], port: 80 }),
+            address: Some(pb::TcpAddress {
+                ip: vec![1, 2, 3],
+                port: 80,
+            }),
             ..Default::default()
         }],
         None,
     );
     ctrl.push("web.test:80", bad).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(get(&client, proxy.outbound_addr, "web.test", "/").await.replica, "a");
+    assert_eq!(
+        get(&client, proxy.outbound_addr, "web.test", "/")
+            .await
+            .replica,
+        "a"
+    );
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
-    assert!(metric(&m, "mesh_proxy_discovery_errors_total") >= 1.0, "{m}");
+    assert!(
+        metric(&m, "mesh_proxy_discovery_errors_total") >= 1.0,
+        "{m}"
+    );
 }

@@ -11,8 +11,14 @@ use http::{StatusCode, Version};
 use support::*;
 
 fn one_service(authority: &str, addrs: &[SocketAddr], extra: &str) -> String {
-    let eps: Vec<String> = addrs.iter().map(|a| format!("      - addr: \"{a}\"\n")).collect();
-    format!("services:\n  - authority: \"{authority}\"\n    endpoints:\n{}{extra}", eps.concat())
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("      - addr: \"{a}\"\n"))
+        .collect();
+    format!(
+        "services:\n  - authority: \"{authority}\"\n    endpoints:\n{}{extra}",
+        eps.concat()
+    )
 }
 
 #[tokio::test]
@@ -25,7 +31,15 @@ async fn http1_and_http2_through_one_proxy() {
     })
     .await;
 
-    let a = send(&h1_client(), proxy.outbound_addr, "web.test", "POST", "/x", "hello").await;
+    let a = send(
+        &h1_client(),
+        proxy.outbound_addr,
+        "web.test",
+        "POST",
+        "/x",
+        "hello",
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.body, "a got 5 bytes\n");
 
@@ -35,7 +49,11 @@ async fn http1_and_http2_through_one_proxy() {
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen[0].0, Version::HTTP_11);
     assert_eq!(seen[0].1.as_deref(), Some("web.test"));
-    assert_eq!(seen[1].0, Version::HTTP_2, "HTTP/2 from the app stays HTTP/2");
+    assert_eq!(
+        seen[1].0,
+        Version::HTTP_2,
+        "HTTP/2 from the app stays HTTP/2"
+    );
 
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     assert_eq!(
@@ -67,17 +85,40 @@ async fn two_hops_carry_http1_over_http2() {
     .await;
     let c = h1_client();
     for _ in 0..20 {
-        let a = send(&c, client.outbound_addr, "web.test", "PUT", "/hop", "payload").await;
+        let a = send(
+            &c,
+            client.outbound_addr,
+            "web.test",
+            "PUT",
+            "/hop",
+            "payload",
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         assert_eq!(a.body, "server-app got 7 bytes\n");
     }
     // The app sees HTTP/1.1 with the original Host, and the server proxy counted the
     // requests inbound over a single HTTP/2 connection.
     let seen = app.seen.lock().unwrap().clone();
-    assert!(seen.iter().all(|(v, h)| *v == Version::HTTP_11 && h.as_deref() == Some("web.test")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(v, h)| *v == Version::HTTP_11 && h.as_deref() == Some("web.test")),
+        "{seen:?}"
+    );
     let (_, m) = admin_get(server.admin_addr, "/metrics").await;
-    assert_eq!(metric(&m, "mesh_proxy_requests_total{direction=\"inbound\""), 20.0, "{m}");
-    assert_eq!(metric(&m, "mesh_proxy_connections_total{direction=\"inbound\",protocol=\"h2\"}"), 1.0, "{m}");
+    assert_eq!(
+        metric(&m, "mesh_proxy_requests_total{direction=\"inbound\""),
+        20.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "mesh_proxy_connections_total{direction=\"inbound\",protocol=\"h2\"}"
+        ),
+        1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -99,11 +140,16 @@ async fn retries_recover_a_flaky_endpoint() {
     }
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
     let retries = metric(&m, "mesh_proxy_retries_total{");
-    assert!(retries >= 40.0, "every other request needed a retry: {retries}\n{m}");
+    assert!(
+        retries >= 40.0,
+        "every other request needed a retry: {retries}\n{m}"
+    );
     // POST is not idempotent and the route is not marked retryable: no retry.
     let a = send(&c, proxy.outbound_addr, "flaky.test", "POST", "/", "x").await;
     let b = send(&c, proxy.outbound_addr, "flaky.test", "POST", "/", "x").await;
-    assert!(a.status == StatusCode::SERVICE_UNAVAILABLE || b.status == StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        a.status == StatusCode::SERVICE_UNAVAILABLE || b.status == StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
@@ -126,11 +172,23 @@ async fn retry_budget_caps_load_on_a_dead_endpoint() {
     let extra_load = total - n;
     // Without a budget, 3 retries each would mean 900 extra requests. The budget allows
     // 20% of originals plus the per-second floor (at most ~10 s * 1 over this test).
-    println!("originals={n} upstream_requests={total} extra={extra_load} ({:.1}%)", 100.0 * extra_load as f64 / n as f64);
-    assert!(extra_load as f64 <= 0.2 * n as f64 + 12.0, "retries exceeded the budget: {extra_load}");
-    assert!(extra_load >= 30, "retries should still happen within the budget: {extra_load}");
+    println!(
+        "originals={n} upstream_requests={total} extra={extra_load} ({:.1}%)",
+        100.0 * extra_load as f64 / n as f64
+    );
+    assert!(
+        extra_load as f64 <= 0.2 * n as f64 + 12.0,
+        "retries exceeded the budget: {extra_load}"
+    );
+    assert!(
+        extra_load >= 30,
+        "retries should still happen within the budget: {extra_load}"
+    );
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
-    assert!(metric(&m, "mesh_proxy_retry_budget_exhausted_total{") > 0.0, "{m}");
+    assert!(
+        metric(&m, "mesh_proxy_retry_budget_exhausted_total{") > 0.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -170,7 +228,10 @@ async fn traffic_split_follows_weights_and_changes_live() {
     .await;
     let c = h1_client();
     for _ in 0..500 {
-        assert_eq!(get(&c, proxy.outbound_addr, "web.test", "/").await.status, StatusCode::OK);
+        assert_eq!(
+            get(&c, proxy.outbound_addr, "web.test", "/").await.status,
+            StatusCode::OK
+        );
     }
     let share = v1.hits() as f64 / 500.0;
     assert!((0.72..=0.88).contains(&share), "v1 share {share}");
@@ -179,7 +240,10 @@ async fn traffic_split_follows_weights_and_changes_live() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let before = v1.hits();
     loop {
-        assert_eq!(get(&c, proxy.outbound_addr, "web.test", "/").await.status, StatusCode::OK);
+        assert_eq!(
+            get(&c, proxy.outbound_addr, "web.test", "/").await.status,
+            StatusCode::OK
+        );
         let (_, cfg) = admin_get(proxy.admin_addr, "/config").await;
         if cfg.contains("\"weight\": 0") {
             break;
@@ -189,14 +253,20 @@ async fn traffic_split_follows_weights_and_changes_live() {
     }
     let v1_after = v1.hits();
     for _ in 0..100 {
-        assert_eq!(get(&c, proxy.outbound_addr, "web.test", "/").await.replica, "v2");
+        assert_eq!(
+            get(&c, proxy.outbound_addr, "web.test", "/").await.replica,
+            "v2"
+        );
     }
     assert_eq!(v1.hits(), v1_after);
     assert!(v1_after >= before);
     // A broken edit is rejected and the last good state stays.
     std::fs::write(&path, "services: [ { authority: nope } ]").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(get(&c, proxy.outbound_addr, "web.test", "/").await.replica, "v2");
+    assert_eq!(
+        get(&c, proxy.outbound_addr, "web.test", "/").await.replica,
+        "v2"
+    );
     drop(dir);
 }
 
@@ -208,7 +278,10 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
     struct Ident;
     #[tonic::async_trait]
     impl pb::identity_server::Identity for Ident {
-        async fn certify(&self, req: tonic::Request<pb::CertifyRequest>) -> Result<tonic::Response<pb::CertifyResponse>, tonic::Status> {
+        async fn certify(
+            &self,
+            req: tonic::Request<pb::CertifyRequest>,
+        ) -> Result<tonic::Response<pb::CertifyResponse>, tonic::Status> {
             let r = req.into_inner();
             if r.identity.is_empty() {
                 return Err(tonic::Status::invalid_argument("identity is required"));
@@ -221,13 +294,19 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
         }
     }
     let ctrl = Arc::new(FakeController::default());
-    ctrl.set("x.test:1", state(vec![endpoint("10.0.0.1:80".parse().unwrap())], None)).await;
+    ctrl.set(
+        "x.test:1",
+        state(vec![endpoint("10.0.0.1:80".parse().unwrap())], None),
+    )
+    .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = listener.local_addr().unwrap();
     let c2 = ctrl.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(ControllerSvc(c2)))
+            .add_service(pb::destination_server::DestinationServer::new(
+                ControllerSvc(c2),
+            ))
             .add_service(pb::identity_server::IdentityServer::new(Ident))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
@@ -240,12 +319,13 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
     })
     .await;
     // The client dials the proxy; the origin (authority) names the service.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound_addr))
-        .unwrap()
-        .origin("http://grpc.test:50051".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound_addr))
+            .unwrap()
+            .origin("http://grpc.test:50051".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
     let mut ident = pb::identity_client::IdentityClient::new(channel.clone());
     let rsp = ident
         .certify(pb::CertifyRequest {
@@ -257,7 +337,10 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
         .unwrap()
         .into_inner();
     assert_eq!(rsp.leaf_der, vec![1, 2, 3]);
-    let err = ident.certify(pb::CertifyRequest::default()).await.unwrap_err();
+    let err = ident
+        .certify(pb::CertifyRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     let mut dst = pb::destination_client::DestinationClient::new(channel);
@@ -269,10 +352,19 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
         .await
         .unwrap()
         .into_inner();
-    assert!(stream.message().await.unwrap().is_some(), "first streamed message");
+    assert!(
+        stream.message().await.unwrap().is_some(),
+        "first streamed message"
+    );
     ctrl.push("x.test:1", state(vec![], None)).await;
-    let second = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap();
-    assert!(second.is_some(), "a later message arrives through the proxy while the stream stays open");
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        second.is_some(),
+        "a later message arrives through the proxy while the stream stays open"
+    );
 
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
     assert!(metric(&m, "mesh_proxy_requests_total{direction=\"outbound\",authority=\"grpc.test:50051\",route=\"default\",status_code=\"200\",classification=\"failure\"}") >= 1.0, "the InvalidArgument call is a failure: {m}");
@@ -299,21 +391,31 @@ async fn malformed_requests_get_clear_errors_and_the_proxy_lives_on() {
         b"GET / HTTP/1.1\r\n\x00\x01\x02\r\n\r\n",
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x09\x00\x00\x00\x00\x00garbage!!",
     ] {
-        let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr)
+            .await
+            .unwrap();
         s.write_all(garbage).await.unwrap();
         let mut buf = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     }
     // No Host at all, explicit mode: nothing to route to.
-    let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr)
+        .await
+        .unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.0 400"), "{text}");
     assert!(text.contains("mesh-proxy-error"), "{text}");
     // Still serving.
-    assert_eq!(get(&c, proxy.outbound_addr, "web.test", "/").await.status, StatusCode::OK);
+    assert_eq!(
+        get(&c, proxy.outbound_addr, "web.test", "/").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -326,14 +428,26 @@ async fn admin_endpoints() {
     })
     .await;
     assert_eq!(admin_get(proxy.admin_addr, "/live").await.0, StatusCode::OK);
-    assert_eq!(admin_get(proxy.admin_addr, "/ready").await.0, StatusCode::OK);
+    assert_eq!(
+        admin_get(proxy.admin_addr, "/ready").await.0,
+        StatusCode::OK
+    );
     get(&h1_client(), proxy.outbound_addr, "web.test", "/").await;
     let (s, cfg) = admin_get(proxy.admin_addr, "/config").await;
     assert_eq!(s, StatusCode::OK);
     let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
     assert_eq!(v["destinations"]["web.test:80"]["resolution"], "found");
-    assert_eq!(v["destinations"]["web.test:80"]["endpoints"][0]["endpoint"]["addr"], up.addr.to_string());
-    assert_eq!(admin_get(proxy.admin_addr, "/nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        v["destinations"]["web.test:80"]["endpoints"][0]["endpoint"]["addr"],
+        up.addr.to_string()
+    );
+    assert_eq!(
+        admin_get(proxy.admin_addr, "/nope").await.0,
+        StatusCode::NOT_FOUND
+    );
     // Without a log handle (in-process tests) log control says so; the binary test covers it.
-    assert_eq!(admin_get(proxy.admin_addr, "/log-level").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        admin_get(proxy.admin_addr, "/log-level").await.0,
+        StatusCode::NOT_FOUND
+    );
 }

@@ -59,11 +59,28 @@ async fn silent_client_on_unknown_port_falls_back_to_opaque_quickly() {
     .await;
     let took = time_to_banner(proxy.inbound_addr).await;
     println!("server-speaks-first stall on an unknown port: {took:?} (Linkerd: 10s)");
-    assert!(took >= Duration::from_millis(200), "waited for the client first: {took:?}");
+    assert!(
+        took >= Duration::from_millis(200),
+        "waited for the client first: {took:?}"
+    );
     assert!(took < Duration::from_secs(2), "stalled {took:?}");
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
-    assert_eq!(metric(&m, "mesh_proxy_connections_total{direction=\"inbound\",protocol=\"opaque\"}"), 1.0, "{m}");
-    assert_eq!(metric(&m, "mesh_proxy_tcp_write_bytes_total{direction=\"inbound\",protocol=\"opaque\"}"), 26.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "mesh_proxy_connections_total{direction=\"inbound\",protocol=\"opaque\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "mesh_proxy_tcp_write_bytes_total{direction=\"inbound\",protocol=\"opaque\"}"
+        ),
+        26.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -101,18 +118,29 @@ async fn binary_protocols_pass_through_untouched() {
         ..raw_config()
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(proxy.inbound_addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound_addr)
+        .await
+        .unwrap();
     let start = Instant::now();
     let mut payload = b"*1\r\n$4\r\nPING\r\n".to_vec();
     payload.extend((0..=255u8).cycle().take(100_000));
     s.write_all(&payload).await.unwrap();
     let mut back = vec![0u8; payload.len()];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(back, payload);
-    assert!(start.elapsed() < Duration::from_secs(2), "binary data was classified at once");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "binary data was classified at once"
+    );
     // Half-close: the client finishes sending, the proxy passes the EOF on.
     s.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(rest.is_empty());
 }

@@ -20,7 +20,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[derive(Parser)]
-#[command(name = "mesh-echo", version, about = "Sample HTTP echo workload and load generator for the mesh")]
+#[command(
+    name = "mesh-echo",
+    version,
+    about = "Sample HTTP echo workload and load generator for the mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -45,6 +49,10 @@ enum Cmd {
         /// Answer with a fixed small body only (for benchmarks).
         #[arg(long)]
         quiet: bool,
+    },
+    /// GET a URL once and print the body (for scripts on machines without curl).
+    Fetch {
+        url: String,
     },
     /// Send requests at a fixed rate and print a summary line.
     Load {
@@ -75,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             delay_ms,
             quiet,
         } => serve(listen, name, fail_rate, delay_ms, quiet).await,
+        Cmd::Fetch { url } => fetch(url).await,
         Cmd::Load {
             url,
             via,
@@ -167,9 +176,9 @@ async fn answer(
             }
         }
     }
-    // Deterministic fraction of failures: every request whose sequence number falls in the
-    // failing share of a 1000-long cycle fails.
-    if echo.fail_rate > 0.0 && ((n % 1000) as f64) < echo.fail_rate * 1000.0 {
+    // A deterministic, evenly spread fraction of failures: request n fails when the running
+    // count of owed failures steps up (1 in 5 for 0.2).
+    if echo.fail_rate > 0.0 && ((n + 1) as f64 * echo.fail_rate).floor() > (n as f64 * echo.fail_rate).floor() {
         status = StatusCode::SERVICE_UNAVAILABLE;
     }
     let mut body = format!(
@@ -182,7 +191,11 @@ async fn answer(
         peer
     );
     for (k, v) in req.headers() {
-        body.push_str(&format!("header {}: {}\n", k, v.to_str().unwrap_or("<binary>")));
+        body.push_str(&format!(
+            "header {}: {}\n",
+            k,
+            v.to_str().unwrap_or("<binary>")
+        ));
     }
     let (_, incoming) = req.into_parts();
     let received = incoming
@@ -200,6 +213,28 @@ async fn answer(
         rsp.headers_mut().insert("x-replica", v);
     }
     rsp
+}
+
+async fn fetch(url: String) -> anyhow::Result<()> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("'{url}' is not a valid URL"))?;
+    let authority = uri.authority().context("the URL has no host")?.to_string();
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = Request::get(path)
+        .header(http::header::HOST, authority.as_str())
+        .body(Full::new(Bytes::new()))?;
+    let rsp = sender.send_request(req).await?;
+    let status = rsp.status();
+    let body = rsp.into_body().collect().await?.to_bytes();
+    print!("{}", String::from_utf8_lossy(&body));
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(())
 }
 
 async fn load(

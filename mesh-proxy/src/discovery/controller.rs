@@ -29,7 +29,11 @@ pub struct ControllerResolver {
 impl ControllerResolver {
     /// Creates a lazily connecting client; [`Self::connected`] turns true once the controller
     /// has answered.
-    pub fn new(uri: http::Uri, context: String, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        uri: http::Uri,
+        context: String,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let channel = Endpoint::from(uri)
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -162,7 +166,9 @@ pub fn convert(msg: pb::DestinationUpdate) -> Result<Update, InvalidValue> {
             r.addresses
                 .iter()
                 .enumerate()
-                .map(|(i, a)| addr_from_proto(a).map_err(|e| e.within(format!("remove.addresses[{i}]"))))
+                .map(|(i, a)| {
+                    addr_from_proto(a).map_err(|e| e.within(format!("remove.addresses[{i}]")))
+                })
                 .collect::<Result<_, _>>()?,
         )),
         Some(U::Profile(p)) => Ok(Update::Profile(

@@ -44,12 +44,17 @@ pub struct StaticService {
 pub fn load(path: &Path) -> anyhow::Result<HashMap<Authority, StaticService>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let file: StaticFile = serde_yaml_ng::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let file: StaticFile =
+        serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut out = HashMap::new();
     for (i, svc) in file.services.into_iter().enumerate() {
         svc.profile.validate().map_err(|e| {
-            anyhow::anyhow!("{}: services[{i}] ({}): {}", path.display(), svc.authority, e)
+            anyhow::anyhow!(
+                "{}: services[{i}] ({}): {}",
+                path.display(),
+                svc.authority,
+                e
+            )
         })?;
         if out.contains_key(&svc.authority) {
             anyhow::bail!(
@@ -98,7 +103,9 @@ impl StaticResolver {
                         tracing::info!(file = %path.display(), services = services.len(), "reloaded static config");
                         this.replace(services);
                     }
-                    Err(e) => tracing::error!("rejected static config, keeping the last good one: {e:#}"),
+                    Err(e) => {
+                        tracing::error!("rejected static config, keeping the last good one: {e:#}")
+                    }
                 }
             }
         });
@@ -106,7 +113,9 @@ impl StaticResolver {
     }
 
     fn replace(&self, services: HashMap<Authority, StaticService>) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         state.services = services;
         state.subscribers.retain(|w| w.strong_count() > 0);
         for dest in state.subscribers.iter().filter_map(Weak::upgrade) {
@@ -131,7 +140,9 @@ fn update_for(services: &HashMap<Authority, StaticService>, authority: &Authorit
 
 impl Resolve for StaticResolver {
     fn subscribe(&self, dest: Arc<Destination>) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         dest.apply(update_for(&state.services, &dest.authority));
         state.subscribers.push(Arc::downgrade(&dest));
     }
@@ -151,7 +162,10 @@ mod tests {
         )
         .unwrap();
         let err = load(&p).unwrap_err().to_string();
-        assert!(err.contains("mesh.yaml") && err.contains("routes[0].timeout"), "{err}");
+        assert!(
+            err.contains("mesh.yaml") && err.contains("routes[0].timeout"),
+            "{err}"
+        );
         std::fs::write(&p, "services:\n  - authority: web\n").unwrap();
         let err = load(&p).unwrap_err().to_string();
         assert!(err.contains("has no port"), "{err}");

@@ -35,7 +35,9 @@ pub fn raw_config() -> RawConfig {
 
 pub async fn start_proxy(raw: RawConfig) -> Running {
     let cfg = Config::from_raw(&raw).expect("valid test config");
-    mesh_proxy::app::start(cfg, None).await.expect("proxy starts")
+    mesh_proxy::app::start(cfg, None)
+        .await
+        .expect("proxy starts")
 }
 
 /// Writes a static discovery file and returns its guard (keeps the directory alive).
@@ -55,13 +57,16 @@ pub enum Behaviour {
     FailEvery(u64),
 }
 
+/// HTTP version and Host of a request an upstream received.
+pub type Seen = (http::Version, Option<String>);
+
 /// A test upstream: answers HTTP/1 and HTTP/2 with `name` in the body and `x-replica`.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Versions and Host headers seen, for protocol assertions.
-    pub seen: Arc<Mutex<Vec<(http::Version, Option<String>)>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,7 +95,9 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
     let (h, b, s) = (hits.clone(), behaviour.clone(), seen.clone());
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let (h, b, s) = (h.clone(), b.clone(), s.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -103,7 +110,12 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
                             .map(|v| v.to_str().unwrap_or("").to_string())
                             .or_else(|| req.uri().authority().map(|a| a.to_string()));
                         s.lock().unwrap().push((req.version(), host));
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let behaviour = *b.lock().unwrap();
                         let status = match behaviour {
                             Behaviour::Ok => StatusCode::OK,
@@ -111,7 +123,9 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
                                 tokio::time::sleep(d).await;
                                 StatusCode::OK
                             }
-                            Behaviour::FailEvery(k) if n % k == 0 => StatusCode::SERVICE_UNAVAILABLE,
+                            Behaviour::FailEvery(k) if n % k == 0 => {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            }
                             Behaviour::FailEvery(_) => StatusCode::OK,
                         };
                         let mut rsp = Response::new(Full::new(Bytes::from(format!(
@@ -119,7 +133,8 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
                             body.len()
                         ))));
                         *rsp.status_mut() = status;
-                        rsp.headers_mut().insert("x-replica", http::HeaderValue::from_static(name));
+                        rsp.headers_mut()
+                            .insert("x-replica", http::HeaderValue::from_static(name));
                         Ok::<_, Infallible>(rsp)
                     }
                 });
@@ -151,9 +166,10 @@ pub fn h1_client() -> H1Client {
 /// authority becomes `:authority`. Returns the status and `x-replica`.
 pub async fn h2_get(via: SocketAddr, uri: &str) -> (StatusCode, String) {
     let stream = tokio::net::TcpStream::connect(via).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
     let rsp = sender.send_request(req).await.unwrap();
@@ -174,7 +190,14 @@ pub struct Answer {
 }
 
 /// Sends `method path` through the proxy at `via` with `Host: host`.
-pub async fn send(client: &H1Client, via: SocketAddr, host: &str, method: &str, path: &str, body: &'static str) -> Answer {
+pub async fn send(
+    client: &H1Client,
+    via: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    body: &'static str,
+) -> Answer {
     let req = Request::builder()
         .method(method)
         .uri(format!("http://{via}{path}"))
@@ -195,7 +218,8 @@ pub async fn send(client: &H1Client, via: SocketAddr, host: &str, method: &str, 
         .headers()
         .get("mesh-proxy-error")
         .map(|v| v.to_str().unwrap().to_string());
-    let body = String::from_utf8_lossy(&rsp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    let body =
+        String::from_utf8_lossy(&rsp.into_body().collect().await.unwrap().to_bytes()).into_owned();
     Answer {
         status,
         replica,
@@ -242,22 +266,37 @@ pub fn endpoint(addr: SocketAddr) -> pb::Endpoint {
     pb::Endpoint::from(&mesh_core::Endpoint::new(addr))
 }
 
-pub fn state(endpoints: Vec<pb::Endpoint>, profile: Option<pb::ServiceProfile>) -> pb::DestinationUpdate {
+pub fn state(
+    endpoints: Vec<pb::Endpoint>,
+    profile: Option<pb::ServiceProfile>,
+) -> pb::DestinationUpdate {
     pb::DestinationUpdate {
-        update: Some(pb::destination_update::Update::State(pb::ServiceState { profile, endpoints })),
+        update: Some(pb::destination_update::Update::State(pb::ServiceState {
+            profile,
+            endpoints,
+        })),
     }
 }
 
 impl FakeController {
     /// Sets the full state of `authority` and sends it to its subscribers.
     pub async fn set(&self, authority: &str, update: pb::DestinationUpdate) {
-        self.state.lock().unwrap().insert(authority.to_string(), update.clone());
+        self.state
+            .lock()
+            .unwrap()
+            .insert(authority.to_string(), update.clone());
         self.push(authority, update).await;
     }
 
     /// Sends an incremental update to the subscribers of `authority`.
     pub async fn push(&self, authority: &str, update: pb::DestinationUpdate) {
-        let subs = self.subs.lock().unwrap().get(authority).cloned().unwrap_or_default();
+        let subs = self
+            .subs
+            .lock()
+            .unwrap()
+            .get(authority)
+            .cloned()
+            .unwrap_or_default();
         for tx in subs {
             let _ = tx.send(Ok(update.clone())).await;
         }
@@ -277,7 +316,8 @@ pub struct ControllerSvc(pub Arc<FakeController>);
 
 #[tonic::async_trait]
 impl pb::destination_server::Destination for ControllerSvc {
-    type GetStream = tokio_stream::wrappers::ReceiverStream<Result<pb::DestinationUpdate, tonic::Status>>;
+    type GetStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::DestinationUpdate, tonic::Status>>;
 
     async fn get(
         &self,
@@ -285,12 +325,27 @@ impl pb::destination_server::Destination for ControllerSvc {
     ) -> Result<tonic::Response<Self::GetStream>, tonic::Status> {
         let authority = req.into_inner().authority;
         let (tx, rx) = mpsc::channel(16);
-        let first = self.0.state.lock().unwrap().get(&authority).cloned().unwrap_or(pb::DestinationUpdate {
-            update: Some(pb::destination_update::Update::NotFound(pb::NotFound {})),
-        });
+        let first = self
+            .0
+            .state
+            .lock()
+            .unwrap()
+            .get(&authority)
+            .cloned()
+            .unwrap_or(pb::DestinationUpdate {
+                update: Some(pb::destination_update::Update::NotFound(pb::NotFound {})),
+            });
         tx.send(Ok(first)).await.ok();
-        self.0.subs.lock().unwrap().entry(authority).or_default().push(tx);
-        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        self.0
+            .subs
+            .lock()
+            .unwrap()
+            .entry(authority)
+            .or_default()
+            .push(tx);
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
     }
 }
 
@@ -329,7 +384,9 @@ pub fn start_controller_at(ctrl: Arc<FakeController>, addr: SocketAddr) -> Contr
     rt.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let _ = tonic::transport::Server::builder()
-            .add_service(pb::destination_server::DestinationServer::new(ControllerSvc(ctrl)))
+            .add_service(pb::destination_server::DestinationServer::new(
+                ControllerSvc(ctrl),
+            ))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
