@@ -35,4 +35,4 @@ if [ "${ok:-0}" -lt 100 ] || [ "${failed:-1}" -ne 0 ]; then
   echo "demo smoke run: expected >= 100 successful and 0 failed requests (ok=$ok failed=$failed)" >&2
   exit 1
 fi
-echo "demo smoke run: 1 passed, 0 failed"
+echo "demo: 1 passed, 0 failed"
