@@ -30,5 +30,8 @@ fn docs_examples_are_valid() {
     // The demo's file too.
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/standalone/mesh.yaml");
     mesh_proxy::discovery::static_file::load(&demo).unwrap();
-    assert!(checked >= 2, "expected the static-config examples, found {checked}");
+    assert!(
+        checked >= 2,
+        "expected the static-config examples, found {checked}"
+    );
 }

@@ -51,9 +51,7 @@ enum Cmd {
         quiet: bool,
     },
     /// GET a URL once and print the body (for scripts on machines without curl).
-    Fetch {
-        url: String,
-    },
+    Fetch { url: String },
     /// Send requests at a fixed rate and print a summary line.
     Load {
         /// URL to request (http:// only). The Host header comes from the URL.
@@ -178,7 +176,9 @@ async fn answer(
     }
     // A deterministic, evenly spread fraction of failures: request n fails when the running
     // count of owed failures steps up (1 in 5 for 0.2).
-    if echo.fail_rate > 0.0 && ((n + 1) as f64 * echo.fail_rate).floor() > (n as f64 * echo.fail_rate).floor() {
+    if echo.fail_rate > 0.0
+        && ((n + 1) as f64 * echo.fail_rate).floor() > (n as f64 * echo.fail_rate).floor()
+    {
         status = StatusCode::SERVICE_UNAVAILABLE;
     }
     let mut body = format!(
