@@ -22,6 +22,9 @@ use crate::client::H2Slot;
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the latency estimate forgets old observations.
 const DECAY: Duration = Duration::from_secs(10);
+/// Latency charged for an attempt that failed (refused connection, reset): a failing endpoint
+/// must look slow, not fast, or P2C would favour it for failing quickly.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// Peak-EWMA latency estimate: jumps up to any slower observation at once, decays towards
 /// faster ones (and towards zero while idle, so idle endpoints get probed again).
@@ -123,26 +126,32 @@ pub struct InFlight {
 impl InFlight {
     /// The response headers arrived: record the latency.
     pub fn complete(mut self) {
-        self.finish();
+        self.finish(Duration::ZERO);
     }
 
-    fn finish(&mut self) {
+    /// The attempt failed without a response: record at least [`FAILURE_PENALTY`].
+    pub fn fail(mut self) {
+        self.finish(FAILURE_PENALTY);
+    }
+
+    fn finish(&mut self, at_least: Duration) {
         if self.done {
             return;
         }
         self.done = true;
         let now = Instant::now();
+        let rtt = now.saturating_duration_since(self.started).max(at_least);
         if let Ok(mut e) = self.handle.ewma.lock() {
-            e.observe(now.saturating_duration_since(self.started), now);
+            e.observe(rtt, now);
         }
         self.handle.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for InFlight {
-    /// A failed or cancelled request counts as slow as the time it took.
+    /// A cancelled request (the client went away) counts as slow as the time it took.
     fn drop(&mut self) {
-        self.finish();
+        self.finish(Duration::ZERO);
     }
 }
 
@@ -318,6 +327,18 @@ mod tests {
         let g = before[1].start();
         g.complete();
         assert_eq!(before[1].in_flight(), 0);
+    }
+
+    #[test]
+    fn failures_make_an_endpoint_look_slow() {
+        let b = Balancer::default();
+        b.set(vec![ep(1), ep(2)]);
+        let eps = b.snapshot();
+        eps[0].start().fail();
+        eps[1].start().complete();
+        for _ in 0..50 {
+            assert_eq!(b.pick().unwrap().endpoint.addr.port(), 2);
+        }
     }
 
     #[test]

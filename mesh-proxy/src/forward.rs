@@ -54,9 +54,16 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 return Err(ProxyError::NoEndpoints(missing.unwrap_or_default()));
             };
             let in_flight = ep.start();
-            let rsp = send(&client, &ep, req).await?;
-            in_flight.complete();
-            Ok(rsp.map(ProxyBody::Incoming))
+            match send(&client, &ep, req).await {
+                Ok(rsp) => {
+                    in_flight.complete();
+                    Ok(rsp.map(ProxyBody::Incoming))
+                }
+                Err(e) => {
+                    in_flight.fail();
+                    Err(e)
+                }
+            }
         })
     }
 }

@@ -144,3 +144,31 @@ async fn binary_protocols_pass_through_untouched() {
         .unwrap();
     assert!(rest.is_empty());
 }
+
+#[tokio::test]
+async fn idle_opaque_connections_are_closed() {
+    let server = banner_server().await;
+    let proxy = start_proxy(RawConfig {
+        inbound_forward: Some(server.to_string()),
+        opaque_ports: Some(server.port().to_string()),
+        tcp_idle_timeout: Some("300ms".into()),
+        ..raw_config()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound_addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 18];
+    s.read_exact(&mut buf).await.unwrap();
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes the idle connection")
+        .ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        start.elapsed()
+    );
+}
