@@ -2,7 +2,8 @@
 #
 # Input files (tab-separated): labels.tsv (target, label) then measurements.tsv (with header).
 # Variables: conc (connections of the max-throughput run), rates (space-separated).
-# Targets are printed in the order in which they were measured.
+# Targets are printed in the order in which they were measured. When a measurement was repeated
+# (BENCH_REPEAT), the median run is shown: by req/s for max throughput, by p99 for latency.
 
 FNR == NR {
     label[$1] = $2
@@ -14,13 +15,31 @@ FNR == 1 { next } # header of measurements.tsv
 {
     t = $1; kind = $2; r = $3
     key = t SUBSEP kind SUBSEP r
-    have[key] = 1
-    rps[key] = $8; errs[key] = $7
-    p50[key] = $9; p99[key] = $10; p999[key] = $11
-    cpu_us[key] = $13; core[key] = $14
+    m = ++runs[key]
+    # The figure the median is taken on: throughput for max runs, p99 for fixed-rate runs.
+    sortval[key, m] = (kind == "max") ? $8 : $10
+    line[key, m] = $0
     rss_idle[t] = $15
-    if (kind == "max") rss_load[t] = $16
     if ($18 == 1) noisy[t] = 1
+}
+
+# Pick the median run of each measurement and load its fields.
+function choose(   key, m, i, j, tmp, idx, f) {
+    for (key in runs) {
+        m = runs[key]
+        for (i = 1; i <= m; i++) idx[i] = i
+        for (i = 2; i <= m; i++) # insertion sort of run numbers by sortval
+            for (j = i; j > 1 && sortval[key, idx[j - 1]] + 0 > sortval[key, idx[j]] + 0; j--) {
+                tmp = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = tmp
+            }
+        split(line[key, idx[int((m + 1) / 2)]], f, "\t")
+        have[key] = 1
+        rps[key] = f[8]; errs[key] = f[7]
+        p50[key] = f[9]; p99[key] = f[10]; p999[key] = f[11]
+        cpu_us[key] = f[13]; core[key] = f[14]
+        if (f[2] == "max") rss_load[f[1]] = f[16]
+        nruns = m
+    }
 }
 
 # ---- formatting helpers ----------------------------------------------------------------
@@ -53,6 +72,12 @@ function name(t) { return label[t] (noisy[t] ? " ⚠ NOISY" : "") }
 # ---- tables ------------------------------------------------------------------------------
 
 END {
+    choose()
+    if (nruns > 1) {
+        printf "Each measurement was run %d times; the tables show the median run (throughput: by req/s,\n", nruns
+        print "latency: by p99). All runs are in measurements.tsv."
+        print ""
+    }
     # Throughput, CPU and memory, from the closed-loop saturation run.
     print "## Max throughput, CPU per request and memory"
     print ""

@@ -51,6 +51,7 @@ Environment:
   BENCH_CONCURRENCY       connections for the max-throughput run (default 64)
   BENCH_RATES             fixed request rates for latency, space-separated (default "1000 5000")
   BENCH_RATE_CONNECTIONS  connections for the fixed-rate runs (default 32)
+  BENCH_REPEAT            run every measurement N times, report the median run (default 1)
   BENCH_MAX_OTHER_CPU     max CPU of other processes, % of one core, averaged (default 10)
   BENCH_NOISE_RETRIES     times a disturbed measurement is repeated before giving up (default 2)
   BENCH_NOISE_BACKOFF     seconds to wait before such a repeat (default 15)
@@ -105,7 +106,12 @@ parse_args() {
     CONCURRENCY=${BENCH_CONCURRENCY:-64}
     RATES=${BENCH_RATES:-1000 5000}
     RATE_CONNECTIONS=${BENCH_RATE_CONNECTIONS:-32}
+    local n
+    for n in "$CONCURRENCY" "$RATE_CONNECTIONS" "${BENCH_REPEAT:-1}" $RATES; do
+        [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive whole number, got '$n'"
+    done
     MAX_OTHER_CPU=${BENCH_MAX_OTHER_CPU:-10}
+    REPEAT=${BENCH_REPEAT:-1}
     NOISE_RETRIES=${BENCH_NOISE_RETRIES:-2}
     NOISE_BACKOFF=${BENCH_NOISE_BACKOFF:-15}
     PROXY_CORE=${BENCH_PROXY_CORE:-0}
@@ -270,6 +276,7 @@ machine_ticks() {
     read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
     IDLE_TICKS=$((idle + iowait + steal))
     BUSY_TICKS=$((user + nice + system + irq + softirq))
+    STEAL_TICKS=$steal # time the hypervisor did not run our vCPUs
 }
 
 # REPLY = sum of VmRSS (KiB) over the pids given.
@@ -370,7 +377,7 @@ make_dirs() {
     ln -sfn "$RUN_ID" "$BENCH_DIR/results/latest"
     WORK_DIR=$(mktemp -d /tmp/mesh-bench.XXXXXX)
     MEASUREMENTS=$RUN_DIR/measurements.tsv
-    printf '%s\n' "target	kind	rate	elapsed_s	responses	ok	errors	rps	p50_s	p99_s	p999_s	target_ticks	cpu_us_per_req	target_core_pct	rss_idle_kib	rss_load_kib	other_cpu_pct	noisy	other_cpu_pct_tick_sampled" >"$MEASUREMENTS"
+    printf '%s\n' "target	kind	rate	elapsed_s	responses	ok	errors	rps	p50_s	p99_s	p999_s	target_ticks	cpu_us_per_req	target_core_pct	rss_idle_kib	rss_load_kib	other_cpu_pct	noisy	other_cpu_pct_tick_sampled	steal_pct	repeat" >"$MEASUREMENTS"
 }
 
 record_environment() {
@@ -382,7 +389,7 @@ record_environment() {
         echo "oha: $(oha --version 2>/dev/null | head -n1)"
         echo "haproxy: $(haproxy -v 2>/dev/null | head -n1)"
         echo "nginx: $(nginx -v 2>&1 | head -n1)"
-        echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS"
+        echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS  repeat: $REPEAT"
         echo "cores: proxy=$PROXY_CORE load+upstream=$LOAD_CORE  max-other-cpu: ${MAX_OTHER_CPU}% (retries $NOISE_RETRIES)  force: $FORCE  quick: $QUICK"
         echo "targets: $TARGETS"
         echo "nofile: $NOFILE  clk_tck: $CLK_TCK"
@@ -628,12 +635,12 @@ measure() {
     local target=$1 kind=$2 rate=$3 out=$4
     shift 4
     local -A procs0 procs1
-    local t0 t1 b0 b1 i0 i1 s0 s1 p0 p1 u0 u1 sampler="" rss_file=$out.rss
+    local t0 t1 b0 b1 i0 i1 st0 st1 s0 s1 p0 p1 u0 u1 sampler="" rss_file=$out.rss
     snapshot_all_procs procs0
 
     # Before: wall clock, machine busy ticks, our ticks, the target's and the upstream's.
     t0=$EPOCHREALTIME
-    machine_ticks; b0=$BUSY_TICKS i0=$IDLE_TICKS
+    machine_ticks; b0=$BUSY_TICKS i0=$IDLE_TICKS st0=$STEAL_TICKS
     sum_ticks "${TARGET_PIDS[@]}"; p0=$REPLY
     proc_ticks "$UPSTREAM_PID"; u0=$REPLY
     if [[ $kind == max && ${#TARGET_PIDS[@]} -gt 0 ]]; then
@@ -651,7 +658,7 @@ measure() {
     fi
     # After.
     self_ticks; s1=$REPLY
-    machine_ticks; b1=$BUSY_TICKS i1=$IDLE_TICKS
+    machine_ticks; b1=$BUSY_TICKS i1=$IDLE_TICKS st1=$STEAL_TICKS
     sum_ticks "${TARGET_PIDS[@]}" || die "a $target process exited during the measurement (see $RUN_DIR/work)"
     p1=$REPLY
     proc_ticks "$UPSTREAM_PID" || die "the upstream exited during the measurement"
@@ -685,7 +692,7 @@ measure() {
     # Derived figures, and the CPU used by everyone else during the window.
     local row other other_ticks noisy=0
     row=$(awk -v hz="$CLK_TCK" -v t0="$t0" -v t1="$t1" -v ncpu="$NCPU" \
-        -v idle="$((i1 - i0))" -v busy_ticks="$((b1 - b0))" \
+        -v idle="$((i1 - i0))" -v busy_ticks="$((b1 - b0))" -v steal="$((st1 - st0))" \
         -v self="$((s1 - s0))" -v tgt="$((p1 - p0))" -v up="$((u1 - u0))" \
         -v resp="$responses" -v total="$total" 'BEGIN {
             el = t1 - t0
@@ -695,10 +702,11 @@ measure() {
             rps = resp / total
             cpu_us = resp > 0 ? tgt / hz * 1e6 / resp : 0
             core = 100 * tgt / (total * hz)
-            printf "%.3f\t%.1f\t%.3f\t%.1f\t%.1f\t%.1f", el, rps, cpu_us, core, other, other_ticks
+            steal_pct = 100 * steal / (el * hz)
+            printf "%.3f\t%.1f\t%.3f\t%.1f\t%.1f\t%.1f\t%.1f", el, rps, cpu_us, core, other, other_ticks, steal_pct
         }')
-    local elapsed rps cpu_us core_pct
-    IFS=$'\t' read -r elapsed rps cpu_us core_pct other other_ticks <<<"$row"
+    local elapsed rps cpu_us core_pct steal_pct
+    IFS=$'\t' read -r elapsed rps cpu_us core_pct other other_ticks steal_pct <<<"$row"
     if awk -v o="$other" -v m="$MAX_OTHER_CPU" 'BEGIN { exit !(o > m) }'; then
         noisy=1
         log "other processes used ${other}% of a core during $target/$kind${rate:+ $rate}; top users:"
@@ -714,10 +722,10 @@ measure() {
         fi
         NOISY_NOTES+=("$target $kind${rate:+ $rate}/s: other processes used ${other}% of a core")
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$target" "$kind" "$rate" "$elapsed" "$responses" "$ok" "$errors" "$rps" "$p50" "$p99" "$p999" \
-        "$((p1 - p0))" "$cpu_us" "$core_pct" "$rss_idle" "$rss_load" "$other" "$noisy" "$other_ticks" >>"$MEASUREMENTS"
-    log "  $kind${rate:+ @$rate/s}: ${rps} req/s, p50 $(us "$p50") p99 $(us "$p99") p99.9 $(us "$p999"), errors $errors, proxy core ${core_pct}%, others ${other}%"
+        "$((p1 - p0))" "$cpu_us" "$core_pct" "$rss_idle" "$rss_load" "$other" "$noisy" "$other_ticks" "$steal_pct" "$REPEAT_INDEX" >>"$MEASUREMENTS"
+    log "  $kind${rate:+ @$rate/s}: ${rps} req/s, p50 $(us "$p50") p99 $(us "$p99") p99.9 $(us "$p999"), errors $errors, proxy core ${core_pct}%, others ${other}%, steal ${steal_pct}%"
 }
 
 us() { awk -v s="$1" 'BEGIN { if (s == "nan") print "n/a"; else printf "%.0fus", s * 1e6 }'; }
@@ -738,6 +746,7 @@ report_culprits() {
 NOISY_NOTES=()
 MEASURE_ATTEMPT=0
 MEASURE_RETRY=0
+REPEAT_INDEX=1
 
 # measure, repeated (up to NOISE_RETRIES times) while other processes disturb it.
 measure_quietly() {
@@ -764,11 +773,15 @@ bench_target() {
     # Warm up (connection pools, caches, allocator) at the same concurrency.
     run_oha "$RUN_DIR/$target-warmup.json" -c "$CONCURRENCY" -z "$WARMUP" || die "warm-up against $target failed"
 
-    measure_quietly "$target" max "" "$RUN_DIR/$target-max.json" -c "$CONCURRENCY" -z "$DURATION"
-    local rate
-    for rate in $RATES; do
-        measure_quietly "$target" rate "$rate" "$RUN_DIR/$target-rate$rate.json" \
-            -q "$rate" --latency-correction -c "$RATE_CONNECTIONS" -z "$DURATION"
+    local rate suffix
+    for ((REPEAT_INDEX = 1; REPEAT_INDEX <= REPEAT; REPEAT_INDEX++)); do
+        suffix=""
+        ((REPEAT == 1)) || suffix="-$REPEAT_INDEX"
+        measure_quietly "$target" max "" "$RUN_DIR/$target-max$suffix.json" -c "$CONCURRENCY" -z "$DURATION"
+        for rate in $RATES; do
+            measure_quietly "$target" rate "$rate" "$RUN_DIR/$target-rate$rate$suffix.json" \
+                -q "$rate" --latency-correction -c "$RATE_CONNECTIONS" -z "$DURATION"
+        done
     done
 
     if ((${#TARGET_PIDS[@]} > 0)); then

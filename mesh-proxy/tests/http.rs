@@ -451,3 +451,29 @@ async fn admin_endpoints() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("a", Behaviour::Ok).await;
+    let (_dir, path) = static_file(&one_service("web.test:80", &[up.addr], ""));
+    let proxy = start_proxy(RawConfig {
+        static_config: Some(path),
+        http_idle_timeout: Some("300ms".into()),
+        ..raw_config()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Keep-alive connection left idle: the proxy closes it after the idle timeout.
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("idle keep-alive connection closed by the proxy")
+        .ok();
+    assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+}
