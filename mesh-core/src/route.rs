@@ -407,16 +407,16 @@ pub struct ServiceProfile {
 }
 
 impl ServiceProfile {
-    /// The first route that accepts the request.
-    pub fn route_for(
+    /// The index of the first route that accepts the request.
+    pub fn route_index(
         &self,
         method: &http::Method,
         uri: &http::Uri,
         headers: &http::HeaderMap,
-    ) -> Option<&Route> {
+    ) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| r.is_match(method, uri, headers))
+            .position(|r| r.is_match(method, uri, headers))
     }
 
     pub fn validate(&self) -> Result<(), InvalidValue> {
@@ -491,6 +491,19 @@ retry: { max_retries: 1 }
         assert!(r.is_match(&m, &u, &h));
         assert_eq!(r.pick_backend(0).unwrap().authority.as_str(), "web-v2:80");
         assert_eq!(r.pick_backend(3).unwrap().authority.as_str(), "web-v1:80");
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let p: ServiceProfile = serde_yaml_ng::from_str(
+            "routes:\n  - { name: api, matches: [ { path: { prefix: /api } } ] }\n  - { name: rest }\n",
+        )
+        .unwrap();
+        let (m, u, h) = req("GET", "/api/x", &[]);
+        assert_eq!(p.route_index(&m, &u, &h), Some(0));
+        let (m, u, h) = req("GET", "/other", &[]);
+        assert_eq!(p.route_index(&m, &u, &h), Some(1));
+        assert_eq!(ServiceProfile::default().route_index(&m, &u, &h), None);
     }
 
     #[test]

@@ -131,9 +131,7 @@ impl Outbound {
         let profile = dest.profile();
         let route_idx = profile
             .profile
-            .routes
-            .iter()
-            .position(|r| r.is_match(req.method(), req.uri(), req.headers()));
+            .route_index(req.method(), req.uri(), req.headers());
         let route = route_idx.map(|i| &profile.profile.routes[i]);
         let route_label = route_idx.map_or_else(
             || self.default_route.clone(),

@@ -463,8 +463,12 @@ async fn idle_client_connections_are_closed() {
         ..raw_config()
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(proxy.outbound_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -475,5 +479,9 @@ async fn idle_client_connections_are_closed() {
         .await
         .expect("idle keep-alive connection closed by the proxy")
         .ok();
-    assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
 }
