@@ -157,7 +157,13 @@ pub trait Resolve: Send + Sync + 'static {
 
 /// The cache of destinations, created on first use.
 pub struct Destinations {
+    /// By normalised authority text.
     map: RwLock<HashMap<String, Arc<Destination>>>,
+    /// By the Host text a request used when it is not the normalised form (`Web` or `web`
+    /// for `web:80`), with the default port it was resolved with.
+    aliases: RwLock<HashMap<String, (u16, Arc<Destination>)>>,
+    /// By original destination address (transparent mode).
+    by_addr: RwLock<HashMap<SocketAddr, Arc<Destination>>>,
     resolver: Arc<dyn Resolve>,
 }
 
@@ -169,8 +175,49 @@ impl Destinations {
     pub fn new(resolver: Arc<dyn Resolve>) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
+            aliases: RwLock::new(HashMap::new()),
+            by_addr: RwLock::new(HashMap::new()),
             resolver,
         }
+    }
+
+    /// The destination a Host header names; a host without a port gets `default_port`.
+    /// Repeated lookups of the same text allocate nothing.
+    pub fn for_host(
+        &self,
+        host: &str,
+        default_port: u16,
+    ) -> Result<Arc<Destination>, mesh_core::InvalidValue> {
+        if let Some(d) = self.lookup(host) {
+            return Ok(d);
+        }
+        if let Some((port, d)) = self.aliases.read().ok().and_then(|a| a.get(host).cloned()) {
+            if port == default_port {
+                return Ok(d);
+            }
+        }
+        let authority = Authority::parse(host, Some(default_port))?;
+        let dest = self.get(&authority);
+        if let Ok(mut aliases) = self.aliases.write() {
+            if aliases.len() < MAX_DESTINATIONS {
+                aliases.insert(host.to_string(), (default_port, dest.clone()));
+            }
+        }
+        Ok(dest)
+    }
+
+    /// The destination of an original destination address.
+    pub fn for_addr(&self, addr: SocketAddr) -> Arc<Destination> {
+        if let Some(d) = self.by_addr.read().ok().and_then(|m| m.get(&addr).cloned()) {
+            return d;
+        }
+        let dest = self.get(&Authority::from(addr));
+        if let Ok(mut m) = self.by_addr.write() {
+            if m.len() < MAX_DESTINATIONS {
+                m.insert(addr, dest.clone());
+            }
+        }
+        dest
     }
 
     /// The destination for a normalised authority.

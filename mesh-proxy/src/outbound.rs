@@ -35,6 +35,7 @@ pub struct Outbound {
     passthrough: Mutex<HashMap<SocketAddr, Arc<EndpointHandle>>>,
     default_route: Str,
     passthrough_route: Str,
+    unknown: Str,
 }
 
 /// What the router decided, for metrics.
@@ -58,6 +59,7 @@ impl Outbound {
             passthrough: Mutex::new(HashMap::new()),
             default_route: Str::from("default"),
             passthrough_route: Str::from("passthrough"),
+            unknown: Str::from("unknown"),
         }
     }
 
@@ -77,7 +79,7 @@ impl Outbound {
             }
         };
         let routed = routed.unwrap_or_else(|| Routed {
-            authority: Str::from("unknown"),
+            authority: self.unknown.clone(),
             route: self.default_route.clone(),
         });
         record(
@@ -98,18 +100,13 @@ impl Outbound {
         routed: &mut Option<Routed>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let default_port = orig_dst.map_or(80, |a| a.port());
-        let host_dest = match forward::request_authority(&req) {
-            Some(host) => Some(match self.dests.lookup(host) {
-                Some(d) => d,
-                None => {
-                    let authority = Authority::parse(host, Some(default_port)).map_err(|_| {
-                        ProxyError::BadRequest("the Host header is not a valid authority")
-                    })?;
-                    self.dests.get(&authority)
-                }
-            }),
-            None => None,
-        };
+        let host_dest =
+            match forward::request_authority(&req) {
+                Some(host) => Some(self.dests.for_host(host, default_port).map_err(|_| {
+                    ProxyError::BadRequest("the Host header is not a valid authority")
+                })?),
+                None => None,
+            };
         let mut dest = None;
         if let Some(d) = host_dest {
             if d.resolved(self.discovery_timeout).await? == Resolution::Found {
@@ -118,7 +115,7 @@ impl Outbound {
         }
         if dest.is_none() {
             if let Some(orig) = orig_dst {
-                let d = self.dests.get(&Authority::from(orig));
+                let d = self.dests.for_addr(orig);
                 if d.resolved(self.discovery_timeout).await? == Resolution::Found {
                     dest = Some(d);
                 }
@@ -213,7 +210,7 @@ impl Outbound {
             Some(orig) => {
                 let ep = self.passthrough_endpoint(orig);
                 *routed = Some(Routed {
-                    authority: Str::from(orig.to_string().as_str()),
+                    authority: self.dests.for_addr(orig).label.clone(),
                     route: self.passthrough_route.clone(),
                 });
                 let rsp = forward::send(&self.client, &ep, req).await?;
@@ -259,7 +256,7 @@ impl Outbound {
 
     /// The destination an opaque TCP connection to `orig` goes to, when discovery knows it.
     pub async fn tcp_destination(&self, orig: SocketAddr) -> Option<Arc<Destination>> {
-        let d = self.dests.get(&Authority::from(orig));
+        let d = self.dests.for_addr(orig);
         match d.resolved(self.discovery_timeout).await {
             Ok(Resolution::Found) => Some(d),
             _ => None,
