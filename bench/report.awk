@@ -33,13 +33,15 @@ function choose(   key, m, i, j, tmp, idx, f) {
                 tmp = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = tmp
             }
         split(line[key, idx[int((m + 1) / 2)]], f, "\t")
+        lo[key] = sortval[key, idx[1]]; hi[key] = sortval[key, idx[m]]
         have[key] = 1
         rps[key] = f[8]; errs[key] = f[7]
         p50[key] = f[9]; p99[key] = f[10]; p999[key] = f[11]
         cpu_us[key] = f[13]; core[key] = f[14]
         if (f[2] == "max") rss_load[f[1]] = f[16]
-        nruns = m
+        if (m > nruns) nruns = m
     }
+    multi = nruns > 1
 }
 
 # ---- formatting helpers ----------------------------------------------------------------
@@ -49,7 +51,7 @@ function is_num(x) { return x != "" && x != "nan" && x != "-nan" }
 # A latency in seconds, as microseconds (or milliseconds when large).
 function lat(s) {
     if (!is_num(s)) return "n/a"
-    if (s >= 0.01) return sprintf("%.1f ms", s * 1e3)
+    if (s >= 0.001 || s <= -0.001) return sprintf("%.2f ms", s * 1e3)
     return sprintf("%d µs", s * 1e6 + (s >= 0 ? 0.5 : -0.5))
 }
 
@@ -86,8 +88,8 @@ END {
     print "over the run divided by the responses completed (both proxies for 2 hops). RSS is VmRSS: idle"
     print "after start-up, and the maximum sampled during this run (summed over the proxy's processes)."
     print ""
-    print "| target | req/s | × direct | × HAProxy | × nginx | proxy CPU per req | × HAProxy | × nginx | proxy core busy | RSS idle | RSS under load |"
-    print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    printf "| target | req/s |%s × direct | × HAProxy | × nginx | proxy CPU per req | × HAProxy | × nginx | proxy core busy | RSS idle | RSS under load |\n", multi ? " req/s, all runs |" : ""
+    printf "|---|---:|%s---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", multi ? "---:|" : ""
     d = "direct" SUBSEP "max" SUBSEP ""
     h = "haproxy" SUBSEP "max" SUBSEP ""
     g = "nginx" SUBSEP "max" SUBSEP ""
@@ -95,7 +97,8 @@ END {
         t = order[i]; k = t SUBSEP "max" SUBSEP ""
         if (!have[k]) continue
         proxied = (t != "direct")
-        printf "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name(t), rps[k],
+        printf "| %s | %.0f |%s %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name(t), rps[k],
+            multi ? sprintf(" %.0f–%.0f |", lo[k], hi[k]) : "",
             ratio(rps[k], have[d] ? rps[d] : ""),
             ratio(rps[k], have[h] ? rps[h] : ""),
             ratio(rps[k], have[g] ? rps[g] : ""),
@@ -120,8 +123,8 @@ END {
         print "so a stall is not hidden by coordinated omission). Added = proxied minus direct; the ratio"
         print "columns compare added latency with HAProxy's and nginx's (p50 / p99 / p99.9)."
         print ""
-        print "| target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | × direct (p50 / p99 / p99.9) | added ÷ HAProxy's | added ÷ nginx's | req/s | errors | proxy core busy |"
-        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        printf "| target | p50 | p99 | p99.9 |%s added p50 | added p99 | added p99.9 | × direct (p50 / p99 / p99.9) | added ÷ HAProxy's | added ÷ nginx's | req/s | errors | proxy core busy |\n", multi ? " p99, all runs |" : ""
+        printf "|---|---:|---:|---:|%s---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", multi ? "---:|" : ""
         for (i = 1; i <= n; i++) {
             t = order[i]; k = t SUBSEP "rate" SUBSEP r
             if (!have[k]) continue
@@ -138,8 +141,9 @@ END {
             vs_d = "—"
             if (proxied && have[d])
                 vs_d = ratio(p50[k], p50[d]) " / " ratio(p99[k], p99[d]) " / " ratio(p999[k], p999[d])
-            printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %d | %s |\n", name(t),
+            printf "| %s | %s | %s | %s |%s %s | %s | %s | %s | %s | %s | %.0f | %d | %s |\n", name(t),
                 lat(p50[k]), lat(p99[k]), lat(p999[k]),
+                multi ? sprintf(" %s – %s |", lat(lo[k]), lat(hi[k])) : "",
                 proxied ? added(a50) : "—", proxied ? added(a99) : "—", proxied ? added(a999) : "—",
                 vs_d, vs_h, vs_g, rps[k], errs[k],
                 proxied ? sprintf("%.0f%%", core[k]) : "—"

@@ -51,10 +51,11 @@ Environment:
   BENCH_CONCURRENCY       connections for the max-throughput run (default 64)
   BENCH_RATES             fixed request rates for latency, space-separated (default "1000 5000")
   BENCH_RATE_CONNECTIONS  connections for the fixed-rate runs (default 32)
-  BENCH_REPEAT            run every measurement N times, report the median run (default 1)
+  BENCH_REPEAT            run every measurement N times, report the median run (default 3, quick 1)
   BENCH_MAX_OTHER_CPU     max CPU of other processes, % of one core, averaged (default 10)
-  BENCH_NOISE_RETRIES     times a disturbed measurement is repeated before giving up (default 2)
-  BENCH_NOISE_BACKOFF     seconds to wait before such a repeat (default 15)
+  BENCH_MAX_STEAL         max CPU time the hypervisor may steal, % of one core (default 2)
+  BENCH_NOISE_RETRIES     times a disturbed measurement is repeated before giving up (default 3)
+  BENCH_NOISE_BACKOFF     seconds to wait before such a repeat (default 30)
   BENCH_PROXY_CORE        core for the proxy / HAProxy / nginx (default 0)
   BENCH_LOAD_CORE         core for the load generator and the upstream (default 1)
   BENCH_PORT_BASE         first of the 127.0.0.1 ports used (default 19000)
@@ -106,14 +107,15 @@ parse_args() {
     CONCURRENCY=${BENCH_CONCURRENCY:-64}
     RATES=${BENCH_RATES:-1000 5000}
     RATE_CONNECTIONS=${BENCH_RATE_CONNECTIONS:-32}
+    REPEAT=${BENCH_REPEAT:-$((QUICK ? 1 : 3))}
     local n
-    for n in "$CONCURRENCY" "$RATE_CONNECTIONS" "${BENCH_REPEAT:-1}" $RATES; do
+    for n in "$CONCURRENCY" "$RATE_CONNECTIONS" "$REPEAT" $RATES; do
         [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive whole number, got '$n'"
     done
     MAX_OTHER_CPU=${BENCH_MAX_OTHER_CPU:-10}
-    REPEAT=${BENCH_REPEAT:-1}
-    NOISE_RETRIES=${BENCH_NOISE_RETRIES:-2}
-    NOISE_BACKOFF=${BENCH_NOISE_BACKOFF:-15}
+    MAX_STEAL=${BENCH_MAX_STEAL:-2}
+    NOISE_RETRIES=${BENCH_NOISE_RETRIES:-3}
+    NOISE_BACKOFF=${BENCH_NOISE_BACKOFF:-30}
     PROXY_CORE=${BENCH_PROXY_CORE:-0}
     LOAD_CORE=${BENCH_LOAD_CORE:-1}
     PORT_BASE=${BENCH_PORT_BASE:-19000}
@@ -161,7 +163,7 @@ cleanup() {
     done
     if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
         # Keep the generated configs and the logs of the processes with the raw results.
-        [[ -n ${RUN_DIR:-} && -d ${RUN_DIR:-} ]] && cp -r "$WORK_DIR" "$RUN_DIR/work" 2>/dev/null
+        if [[ -n ${RUN_DIR:-} && -d ${RUN_DIR:-} ]]; then cp -r "$WORK_DIR" "$RUN_DIR/work" 2>/dev/null || true; fi
         rm -rf "$WORK_DIR"
     fi
     exit "$rc"
@@ -207,8 +209,8 @@ http_status() {
 
 # Wait until GET $2 on port $1 (Host: $3) answers 200; $4 = pid that must stay alive, $5 = log.
 wait_http_ok() {
-    local port=$1 path=$2 host=$3 pid=$4 logfile=$5 i
-    for i in $(seq 1 300); do
+    local port=$1 path=$2 host=$3 pid=$4 logfile=$5
+    for _ in $(seq 1 300); do
         [[ $(http_status "$port" "$path" "$host") == 200 ]] && return 0
         if ! kill -0 "$pid" 2>/dev/null; then
             log "process $pid exited; last lines of $logfile:"
@@ -266,11 +268,12 @@ self_ticks() {
 # time no process of this machine ran) and BUSY_TICKS (user+nice+system+irq+softirq).
 #
 # The busy time of a measurement window is computed as (cores x wall time) - idle, not from
-# BUSY_TICKS: the busy fields are sampled at the timer tick, and a load generator that wakes on
-# a 1 ms timer is caught running at the tick far more often than it runs (we saw +70% of a core
-# at 5,000 req/s), whereas idle time is measured exactly on a tickless kernel, and so are a
-# process's utime+stime (scaled to its exact runtime). Softirq work (loopback TCP) is charged to
-# the process it interrupted on both sides. BUSY_TICKS is kept in the raw data for comparison.
+# BUSY_TICKS: the busy fields are sampled at the timer tick, and processes that wake on a 1 ms
+# timer are caught running at the tick more or less often than they run (in a quiet run the
+# tick-based "other" ranged from -15% to +9% of a core), whereas idle time is measured exactly
+# on a tickless kernel, and so is a process's utime+stime (scaled to its exact runtime).
+# Softirq work (loopback TCP) is charged to the process it interrupted on both sides.
+# BUSY_TICKS is kept in the raw data for comparison.
 machine_ticks() {
     local _cpu user nice system idle iowait irq softirq steal _rest
     read -r _cpu user nice system idle iowait irq softirq steal _rest </proc/stat
@@ -306,6 +309,7 @@ snapshot_all_procs() {
         comm=${line#*(}
         comm=${comm%)*}
         read -ra v <<<"${line##*) }"
+        # shellcheck disable=SC2004 # an associative array: the key is the pid's text
         _snap[$pid]="$((v[11] + v[12] + v[13] + v[14])) ${comm// /_}"
     done
 }
@@ -390,7 +394,7 @@ record_environment() {
         echo "haproxy: $(haproxy -v 2>/dev/null | head -n1)"
         echo "nginx: $(nginx -v 2>&1 | head -n1)"
         echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS  repeat: $REPEAT"
-        echo "cores: proxy=$PROXY_CORE load+upstream=$LOAD_CORE  max-other-cpu: ${MAX_OTHER_CPU}% (retries $NOISE_RETRIES)  force: $FORCE  quick: $QUICK"
+        echo "cores: proxy=$PROXY_CORE load+upstream=$LOAD_CORE  max-other-cpu: ${MAX_OTHER_CPU}% max-steal: ${MAX_STEAL}% (retries $NOISE_RETRIES)  force: $FORCE  quick: $QUICK"
         echo "targets: $TARGETS"
         echo "nofile: $NOFILE  clk_tck: $CLK_TCK"
     } >"$RUN_DIR/env.txt"
@@ -398,22 +402,25 @@ record_environment() {
 
 # Before starting, make sure the machine is quiet: a busy machine would fail every measurement.
 preflight_quiet_check() {
-    local i0 i1 s0 s1 t0 t1 pct
+    local i0 i1 st0 st1 s0 s1 t0 t1 pct steal
     t0=$EPOCHREALTIME
-    machine_ticks; i0=$IDLE_TICKS
+    machine_ticks; i0=$IDLE_TICKS st0=$STEAL_TICKS
     self_ticks; s0=$REPLY
     sleep 2
     self_ticks; s1=$REPLY
-    machine_ticks; i1=$IDLE_TICKS
+    machine_ticks; i1=$IDLE_TICKS st1=$STEAL_TICKS
     t1=$EPOCHREALTIME
-    pct=$(awk -v idle="$((i1 - i0))" -v self="$((s1 - s0))" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
-        -v ncpu="$NCPU" 'BEGIN { el = t1 - t0; printf "%.1f", 100 * (ncpu * el * hz - idle - self) / (el * hz) }')
-    log "machine idle check: other processes used ${pct}% of a core"
-    if awk -v p="$pct" -v m="$MAX_OTHER_CPU" 'BEGIN { exit !(p > m) }'; then
+    read -r pct steal < <(awk -v idle="$((i1 - i0))" -v self="$((s1 - s0))" -v steal="$((st1 - st0))" \
+        -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" -v ncpu="$NCPU" 'BEGIN {
+            el = t1 - t0
+            printf "%.1f %.1f\n", 100 * (ncpu * el * hz - idle - self) / (el * hz), 100 * steal / (el * hz)
+        }')
+    log "machine idle check: other processes used ${pct}% of a core, steal ${steal}%"
+    if awk -v p="$pct" -v m="$MAX_OTHER_CPU" -v st="$steal" -v ms="$MAX_STEAL" 'BEGIN { exit !(p > m || st > ms) }'; then
         if ((FORCE)); then
             log "warning: the machine is busy (--force given, going on)"
         else
-            die "the machine is busy before the benchmark (${pct}% of a core used by other processes, limit ${MAX_OTHER_CPU}%). Stop them (a cargo build?) or pass --force."
+            die "the machine is busy before the benchmark (${pct}% of a core used by other processes, limit ${MAX_OTHER_CPU}%; steal ${steal}%, limit ${MAX_STEAL}%). Stop them (a cargo build?) or pass --force."
         fi
     fi
 }
@@ -629,11 +636,13 @@ rss_sampler() {
     done
 }
 
-# One measurement: $1 target id, $2 kind (max|rate), $3 rate (or "-"), $4 raw output file,
-# rest = oha arguments. Appends a row to measurements.tsv; exits if the machine was noisy.
+# One measurement: $1 target id, $2 kind (max|rate), $3 rate (empty for max), $4 raw output file,
+# rest = oha arguments. Appends a row to measurements.tsv. If the machine was not quiet, it
+# asks measure_quietly for a repeat (MEASURE_RETRY=1) or, out of repeats, exits.
 measure() {
     local target=$1 kind=$2 rate=$3 out=$4
     shift 4
+    # shellcheck disable=SC2034 # filled and read through namerefs
     local -A procs0 procs1
     local t0 t1 b0 b1 i0 i1 st0 st1 s0 s1 p0 p1 u0 u1 sampler="" rss_file=$out.rss
     snapshot_all_procs procs0
@@ -641,8 +650,10 @@ measure() {
     # Before: wall clock, machine busy ticks, our ticks, the target's and the upstream's.
     t0=$EPOCHREALTIME
     machine_ticks; b0=$BUSY_TICKS i0=$IDLE_TICKS st0=$STEAL_TICKS
-    sum_ticks "${TARGET_PIDS[@]}"; p0=$REPLY
-    proc_ticks "$UPSTREAM_PID"; u0=$REPLY
+    sum_ticks "${TARGET_PIDS[@]}" || die "a $target process has exited (see $WORK_DIR)"
+    p0=$REPLY
+    proc_ticks "$UPSTREAM_PID" || die "the upstream has exited"
+    u0=$REPLY
     if [[ $kind == max && ${#TARGET_PIDS[@]} -gt 0 ]]; then
         rss_sampler "$rss_file" &
         sampler=$!
@@ -707,9 +718,10 @@ measure() {
         }')
     local elapsed rps cpu_us core_pct steal_pct
     IFS=$'\t' read -r elapsed rps cpu_us core_pct other other_ticks steal_pct <<<"$row"
-    if awk -v o="$other" -v m="$MAX_OTHER_CPU" 'BEGIN { exit !(o > m) }'; then
+    if awk -v o="$other" -v m="$MAX_OTHER_CPU" -v st="$steal_pct" -v ms="$MAX_STEAL" \
+        'BEGIN { exit !(o > m || st > ms) }'; then
         noisy=1
-        log "other processes used ${other}% of a core during $target/$kind${rate:+ $rate}; top users:"
+        log "during $target/$kind${rate:+ $rate}: other processes used ${other}% of a core (limit ${MAX_OTHER_CPU}%), the hypervisor stole ${steal_pct}% (limit ${MAX_STEAL}%); top users here:"
         report_culprits procs0 procs1 "$elapsed" >&2
         if ((!FORCE)); then
             if ((MEASURE_ATTEMPT < NOISE_RETRIES)); then
@@ -718,9 +730,9 @@ measure() {
                 sleep "$NOISE_BACKOFF"
                 return 0
             fi
-            die "refusing to report: the machine was not quiet (limit ${MAX_OTHER_CPU}% of a core, $NOISE_RETRIES retries). Stop the other work and run again, or pass --force to report anyway (marked NOISY). Raw data so far: $RUN_DIR"
+            die "refusing to report: the machine was not quiet, even after $NOISE_RETRIES retries. Stop the other work (or wait for the host to calm down) and run again, or pass --force to report anyway (marked NOISY). Raw data so far: $RUN_DIR"
         fi
-        NOISY_NOTES+=("$target $kind${rate:+ $rate}/s: other processes used ${other}% of a core")
+        NOISY_NOTES+=("$target $kind${rate:+ $rate}/s: other processes used ${other}% of a core, steal ${steal_pct}%")
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$target" "$kind" "$rate" "$elapsed" "$responses" "$ok" "$errors" "$rps" "$p50" "$p99" "$p999" \
