@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use mesh_core::{BalancerKind, Endpoint, ProtocolHint};
 use rand::Rng;
 
-use crate::client::H2Slot;
+use crate::client::Conns;
 
 /// Latency assumed for an endpoint that has not answered yet (Linkerd's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -60,7 +60,7 @@ pub struct EndpointHandle {
     pub connect_addr: SocketAddr,
     /// `connect_addr` as a URI authority, made once.
     pub uri_authority: http::uri::Authority,
-    pub h2: H2Slot,
+    pub conns: Conns,
     in_flight: AtomicU32,
     ewma: Mutex<PeakEwma>,
 }
@@ -74,7 +74,7 @@ impl EndpointHandle {
             endpoint,
             connect_addr,
             uri_authority,
-            h2: H2Slot::default(),
+            conns: Conns::default(),
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
                 rtt_ns: DEFAULT_RTT.as_nanos() as f64,

@@ -1,55 +1,186 @@
-//! Connections from the proxy to endpoints.
+//! Connections from the proxy to endpoints, pooled per endpoint ([`Conns`]).
 //!
-//! HTTP/1 uses hyper-util's pooled client (keep-alive reuse, idle expiry), keyed by endpoint
-//! address. HTTP/2 (to another mesh proxy, or when the app spoke HTTP/2) uses one multiplexed
-//! connection per endpoint, held in that endpoint's [`H2Slot`]: hyper's pooled client would
-//! rewrite `:authority` to the endpoint's address, and we must keep the service's authority.
+//! HTTP/1: a small pool of keep-alive connections. A request takes an idle connection that
+//! is ready (its previous response finished) or opens a new one, and the connection goes back
+//! to the pool once the response headers arrived; it is picked again when the response body
+//! is done. Connections idle longer than the idle timeout are closed. A request that a reused
+//! connection could not send (closed by the server meanwhile) is sent on a fresh one.
+//!
+//! HTTP/2 (to another mesh proxy, or when the app spoke HTTP/2): one multiplexed connection
+//! per endpoint. The request's `:authority` stays the service's, not the endpoint address.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
+/// Most idle HTTP/1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Connection settings shared by all endpoints.
 pub struct Client {
-    h1: hyper_util::client::legacy::Client<HttpConnector, ProxyBody>,
     connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// The connections of one endpoint.
+#[derive(Default)]
+pub struct Conns {
+    h1: Mutex<Vec<(http1::SendRequest<ProxyBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl Client {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let h1 = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(1024)
-            .set_host(false)
-            .build(connector);
         Self {
-            h1,
             connect_timeout,
+            idle_timeout,
         }
     }
 
-    /// Sends an HTTP/1 request. The URI must be absolute and name the endpoint to connect to;
-    /// the Host header (the service's authority) is sent unchanged.
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProxyError::Connect {
+                addr,
+                source: format!("timed out after {:?}", self.connect_timeout).into(),
+            })?
+            .map_err(|e| ProxyError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        // Requests and responses are small writes that must leave at once.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+        let stream = self.connect(addr).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/1 connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Takes an idle connection that can send now; drops closed and expired ones.
+    fn take_h1(&self, conns: &Conns) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = conns.h1.lock().ok()?;
+        let now = Instant::now();
+        let mut i = idle.len();
+        let mut found = None;
+        while i > 0 {
+            i -= 1;
+            let (s, since) = &idle[i];
+            if s.is_closed() || now.saturating_duration_since(*since) > self.idle_timeout {
+                idle.swap_remove(i);
+            } else if found.is_none() && s.is_ready() {
+                found = Some(idle.swap_remove(i).0);
+            }
+        }
+        found
+    }
+
+    fn put_h1(&self, conns: &Conns, sender: http1::SendRequest<ProxyBody>) {
+        if let Ok(mut idle) = conns.h1.lock() {
+            if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                idle.push((sender, Instant::now()));
+            }
+        }
+    }
+
+    /// Sends an HTTP/1 request (origin-form URI, `Host` set) to `addr`.
     pub async fn send_h1(
         &self,
+        conns: &Conns,
         addr: SocketAddr,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        self.h1.request(req).await.map_err(|e| {
-            if e.is_connect() {
+        let mut req = req;
+        if let Some(mut sender) = self.take_h1(conns) {
+            match sender.try_send_request(req).await {
+                Ok(rsp) => {
+                    self.put_h1(conns, sender);
+                    return Ok(rsp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the server closed the idle connection. Use a fresh one.
+                    Some(r) => req = r,
+                    None => {
+                        return Err(ProxyError::Upstream {
+                            addr,
+                            source: e.into_error().into(),
+                        })
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect_h1(addr).await?;
+        match sender.send_request(req).await {
+            Ok(rsp) => {
+                self.put_h1(conns, sender);
+                Ok(rsp)
+            }
+            Err(e) => Err(ProxyError::Upstream {
+                addr,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Sends an HTTP/2 request over the endpoint's shared connection, connecting first if
+    /// there is none (or it closed).
+    pub async fn send_h2(
+        &self,
+        conns: &Conns,
+        addr: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let existing = conns
+            .h2
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().filter(|s| !s.is_closed()).cloned());
+        let mut sender = match existing {
+            Some(s) => s,
+            None => {
+                let s = self.connect_h2(addr).await?;
+                match conns.h2.lock() {
+                    // Another request may have connected meanwhile: use one connection.
+                    Ok(mut slot) => match slot.as_ref().filter(|c| !c.is_closed()) {
+                        Some(live) => live.clone(),
+                        None => {
+                            *slot = Some(s.clone());
+                            s
+                        }
+                    },
+                    Err(_) => s,
+                }
+            }
+        };
+        sender.send_request(req).await.map_err(|e| {
+            if e.is_canceled() {
+                // The connection went away (GOAWAY, reset) before the request was sent:
+                // as safe to retry as a failed connect.
                 ProxyError::Connect {
                     addr,
                     source: e.into(),
@@ -63,64 +194,11 @@ impl Client {
         })
     }
 
-    /// Sends an HTTP/1 request to a host name (pass-through in explicit mode).
-    pub async fn send_h1_named(
-        &self,
-        target: &str,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        self.h1
-            .request(req)
-            .await
-            .map_err(|e| ProxyError::ConnectName {
-                target: target.to_string(),
-                source: e.into(),
-            })
-    }
-
-    /// Sends an HTTP/2 request over the endpoint's shared connection, connecting first if
-    /// there is none (or it closed).
-    pub async fn send_h2(
-        &self,
-        slot: &H2Slot,
-        addr: SocketAddr,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let mut sender = match slot.get() {
-            Some(s) => s,
-            None => {
-                let s = self.connect_h2(addr).await?;
-                slot.put(s)
-            }
-        };
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::Upstream {
-                addr,
-                source: e.into(),
-            })
-    }
-
     async fn connect_h2(
         &self,
         addr: SocketAddr,
     ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let connect = async {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        let stream = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| ProxyError::Connect {
-                addr,
-                source: format!("timed out after {:?}", self.connect_timeout).into(),
-            })?
-            .map_err(|e| ProxyError::Connect {
-                addr,
-                source: e.into(),
-            })?;
+        let stream = self.connect(addr).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
@@ -138,31 +216,5 @@ impl Client {
             }
         });
         Ok(sender)
-    }
-}
-
-/// The HTTP/2 connection of one endpoint, shared by every request to it.
-#[derive(Default)]
-pub struct H2Slot(Mutex<Option<http2::SendRequest<ProxyBody>>>);
-
-impl H2Slot {
-    fn get(&self) -> Option<http2::SendRequest<ProxyBody>> {
-        let guard = self.0.lock().ok()?;
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    /// Stores a new connection unless another task stored a live one meanwhile; returns the
-    /// one to use.
-    fn put(&self, s: http2::SendRequest<ProxyBody>) -> http2::SendRequest<ProxyBody> {
-        match self.0.lock() {
-            Ok(mut guard) => match guard.as_ref().filter(|c| !c.is_closed()) {
-                Some(existing) => existing.clone(),
-                None => {
-                    *guard = Some(s.clone());
-                    s
-                }
-            },
-            Err(_) => s,
-        }
     }
 }

@@ -98,7 +98,7 @@ pub async fn send(
             set_uri(&mut req, authority)?;
         }
         req.headers_mut().remove(HOST);
-        client.send_h2(&ep.h2, ep.connect_addr, req).await
+        client.send_h2(&ep.conns, ep.connect_addr, req).await
     } else {
         if !req.headers().contains_key(HOST) {
             if let Some(a) = req.uri().authority() {
@@ -107,8 +107,16 @@ pub async fn send(
                 }
             }
         }
-        set_uri(&mut req, ep.uri_authority.clone())?;
-        client.send_h1(ep.connect_addr, req).await
+        // HTTP/1 requests go out in origin form (`/path?query`).
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(pq);
+        }
+        client.send_h1(&ep.conns, ep.connect_addr, req).await
     }
 }
 

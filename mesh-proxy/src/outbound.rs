@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use mesh_core::{Authority, Endpoint};
+use mesh_core::Endpoint;
 use rand::Rng;
 use tower::{Layer, ServiceExt};
 
@@ -205,7 +205,7 @@ impl Outbound {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
-        let mut req = Request::from_parts(parts, ProxyBody::Incoming(body));
+        let req = Request::from_parts(parts, ProxyBody::Incoming(body));
         match orig_dst {
             Some(orig) => {
                 let ep = self.passthrough_endpoint(orig);
@@ -217,26 +217,35 @@ impl Outbound {
                 Ok(rsp.map(ProxyBody::Incoming))
             }
             None => {
-                // Explicit mode with a name discovery does not know: resolve it with DNS.
-                let host = forward::request_authority(&req)
-                    .ok_or(ProxyError::NoDestination)?
-                    .to_string();
-                let authority = Authority::parse(&host, Some(80)).map_err(|_| {
-                    ProxyError::BadRequest("the Host header is not a valid authority")
-                })?;
-                *routed = Some(Routed {
-                    authority: Str::from(authority.as_str()),
-                    route: self.passthrough_route.clone(),
-                });
-                if req.version() == http::Version::HTTP_2 {
-                    return Err(ProxyError::NoEndpoints(host));
-                }
-                let uri_authority =
-                    http::uri::Authority::try_from(authority.as_str()).map_err(|_| {
+                // Explicit mode with a name discovery does not know: resolve it with DNS
+                // and forward to the first address (HTTP/1 and HTTP/2 alike).
+                let dest = self
+                    .dests
+                    .for_host(
+                        forward::request_authority(&req).ok_or(ProxyError::NoDestination)?,
+                        80,
+                    )
+                    .map_err(|_| {
                         ProxyError::BadRequest("the Host header is not a valid authority")
                     })?;
-                forward::set_uri(&mut req, uri_authority)?;
-                let rsp = self.client.send_h1_named(authority.as_str(), req).await?;
+                *routed = Some(Routed {
+                    authority: dest.label.clone(),
+                    route: self.passthrough_route.clone(),
+                });
+                let name = dest.authority.as_str();
+                let addr = match dest.authority.socket_addr() {
+                    Some(a) => a,
+                    None => tokio::net::lookup_host(name)
+                        .await
+                        .ok()
+                        .and_then(|mut addrs| addrs.next())
+                        .ok_or_else(|| ProxyError::ConnectName {
+                            target: name.to_string(),
+                            source: "the name does not resolve (DNS)".into(),
+                        })?,
+                };
+                let ep = self.passthrough_endpoint(addr);
+                let rsp = forward::send(&self.client, &ep, req).await?;
                 Ok(rsp.map(ProxyBody::Incoming))
             }
         }

@@ -46,6 +46,15 @@ async fn http1_and_http2_through_one_proxy() {
     let (status, replica) = h2_get(proxy.outbound_addr, "http://web.test:80/h2").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(replica, "a");
+    // Sequential HTTP/1 requests reuse one pooled connection.
+    for _ in 0..20 {
+        assert_eq!(
+            get(&h1_client(), proxy.outbound_addr, "web.test", "/")
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen[0].0, Version::HTTP_11);
     assert_eq!(seen[0].1.as_deref(), Some("web.test"));
@@ -58,7 +67,7 @@ async fn http1_and_http2_through_one_proxy() {
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     assert_eq!(
         metric(&metrics, "mesh_proxy_requests_total{direction=\"outbound\",authority=\"web.test:80\",route=\"default\",status_code=\"200\",classification=\"success\"}"),
-        2.0,
+        22.0,
         "{metrics}"
     );
 }

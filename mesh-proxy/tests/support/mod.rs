@@ -64,6 +64,8 @@ pub type Seen = (http::Version, Option<String>);
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicU64>,
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Versions and Host headers seen, for protocol assertions.
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -90,6 +92,8 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
+    let conns = Arc::new(AtomicU64::new(0));
+    let accepted = conns.clone();
     let behaviour = Arc::new(Mutex::new(behaviour));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (h, b, s) = (hits.clone(), behaviour.clone(), seen.clone());
@@ -147,6 +151,7 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
     Upstream {
         addr,
         hits,
+        conns,
         behaviour,
         seen,
         task,
