@@ -22,6 +22,22 @@ use tokio::net::TcpStream;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
+/// A failed send. `request` is given back when it never left the proxy (the connection
+/// could not be made), so it can be sent to another endpoint.
+pub struct SendError {
+    pub error: ProxyError,
+    pub request: Option<Request<ProxyBody>>,
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        Self {
+            error,
+            request: None,
+        }
+    }
+}
+
 /// Most idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
@@ -114,7 +130,7 @@ impl Client {
         conns: &Conns,
         addr: SocketAddr,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, SendError> {
         let mut req = req;
         if let Some(mut sender) = self.take_h1(conns) {
             match sender.try_send_request(req).await {
@@ -129,12 +145,21 @@ impl Client {
                         return Err(ProxyError::Upstream {
                             addr,
                             source: e.into_error().into(),
-                        })
+                        }
+                        .into())
                     }
                 },
             }
         }
-        let mut sender = self.connect_h1(addr).await?;
+        let mut sender = match self.connect_h1(addr).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(SendError {
+                    error,
+                    request: Some(req),
+                })
+            }
+        };
         match sender.send_request(req).await {
             Ok(rsp) => {
                 self.put_h1(conns, sender);
@@ -143,7 +168,8 @@ impl Client {
             Err(e) => Err(ProxyError::Upstream {
                 addr,
                 source: e.into(),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -154,7 +180,7 @@ impl Client {
         conns: &Conns,
         addr: SocketAddr,
         req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, SendError> {
         let existing = conns
             .h2
             .lock()
@@ -163,7 +189,15 @@ impl Client {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = self.connect_h2(addr).await?;
+                let s = match self.connect_h2(addr).await {
+                    Ok(s) => s,
+                    Err(error) => {
+                        return Err(SendError {
+                            error,
+                            request: Some(req),
+                        })
+                    }
+                };
                 match conns.h2.lock() {
                     // Another request may have connected meanwhile: use one connection.
                     Ok(mut slot) => match slot.as_ref().filter(|c| !c.is_closed()) {
@@ -178,7 +212,7 @@ impl Client {
             }
         };
         sender.send_request(req).await.map_err(|e| {
-            if e.is_canceled() {
+            SendError::from(if e.is_canceled() {
                 // The connection went away (GOAWAY, reset) before the request was sent:
                 // as safe to retry as a failed connect.
                 ProxyError::Connect {
@@ -190,7 +224,7 @@ impl Client {
                     addr,
                     source: e.into(),
                 }
-            }
+            })
         })
     }
 

@@ -17,13 +17,16 @@ use hyper::body::Incoming;
 
 use crate::balance::EndpointHandle;
 use crate::body::ProxyBody;
-use crate::client::Client;
+use crate::client::{Client, SendError};
 use crate::destination::Destination;
 use crate::error::ProxyError;
 
 /// Carries the protocol an upgraded request originally used (`HTTP/1.1`).
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("mesh-orig-proto");
 const HTTP_11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+/// Endpoints tried for a request whose connection attempts fail.
+const CONNECT_ATTEMPTS: u32 = 3;
 
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
@@ -45,23 +48,35 @@ impl tower::Service<Request<ProxyBody>> for Forward {
     }
 
     fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
-        let endpoint = self.dest.balancer.pick();
+        let dest = self.dest.clone();
         let client = self.client.clone();
-        let authority = &self.dest.authority;
-        let missing = endpoint.is_none().then(|| authority.to_string());
         Box::pin(async move {
-            let Some(ep) = endpoint else {
-                return Err(ProxyError::NoEndpoints(missing.unwrap_or_default()));
-            };
-            let in_flight = ep.start();
-            match send(&client, &ep, req).await {
-                Ok(rsp) => {
-                    in_flight.complete();
-                    Ok(rsp.map(ProxyBody::Incoming))
-                }
-                Err(e) => {
-                    in_flight.fail();
-                    Err(e)
+            let mut req = req;
+            let mut attempt = 0;
+            loop {
+                let Some(ep) = dest.balancer.pick() else {
+                    return Err(ProxyError::NoEndpoints(dest.authority.to_string()));
+                };
+                let in_flight = ep.start();
+                match send(&client, &ep, req).await {
+                    Ok(rsp) => {
+                        in_flight.complete();
+                        return Ok(rsp.map(ProxyBody::Incoming));
+                    }
+                    Err(SendError { error, request }) => {
+                        in_flight.fail();
+                        attempt += 1;
+                        // A request that never left (no connection) goes to another endpoint:
+                        // the failed one now looks slow to the balancer. Always safe, so no
+                        // route policy is needed; bounded so an outage costs little.
+                        match request {
+                            Some(r) if attempt < CONNECT_ATTEMPTS => {
+                                tracing::debug!(error = %error, "connect failed; trying another endpoint");
+                                req = r;
+                            }
+                            _ => return Err(error),
+                        }
+                    }
                 }
             }
         })
@@ -82,7 +97,7 @@ pub async fn send(
     client: &Client,
     ep: &EndpointHandle,
     mut req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<Incoming>, SendError> {
     if ep.is_meshed() || req.version() == Version::HTTP_2 {
         if req.version() != Version::HTTP_2 {
             req.headers_mut().insert(ORIG_PROTO, HTTP_11);

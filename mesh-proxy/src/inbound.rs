@@ -101,8 +101,9 @@ impl Inbound {
                 rsp.map(ProxyBody::Incoming)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "inbound request failed");
-                e.into_response()
+                in_flight.fail();
+                tracing::debug!(error = %e.error, "inbound request failed");
+                e.error.into_response()
             }
         };
         record(

@@ -213,7 +213,9 @@ impl Outbound {
                     authority: self.dests.for_addr(orig).label.clone(),
                     route: self.passthrough_route.clone(),
                 });
-                let rsp = forward::send(&self.client, &ep, req).await?;
+                let rsp = forward::send(&self.client, &ep, req)
+                    .await
+                    .map_err(|e| e.error)?;
                 Ok(rsp.map(ProxyBody::Incoming))
             }
             None => {
@@ -245,7 +247,9 @@ impl Outbound {
                         })?,
                 };
                 let ep = self.passthrough_endpoint(addr);
-                let rsp = forward::send(&self.client, &ep, req).await?;
+                let rsp = forward::send(&self.client, &ep, req)
+                    .await
+                    .map_err(|e| e.error)?;
                 Ok(rsp.map(ProxyBody::Incoming))
             }
         }

@@ -11,6 +11,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use mesh_core::{RetryOn, RetryPolicy};
 use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
@@ -24,10 +25,11 @@ use crate::error::ProxyError;
 use crate::forward::ResponseFuture;
 use crate::metrics::{Metrics, RouteLabels};
 
-/// The policy of requests whose route sets none: connection failures only (the request
-/// never left, so a retry cannot repeat it), twice at most.
-pub static CONNECT_FAILURE_ONLY: LazyLock<RetryPolicy> = LazyLock::new(|| RetryPolicy {
-    max_retries: 2,
+/// The policy of requests whose route sets none: no retries here. (Requests that could not
+/// be sent because no connection could be made are still tried on other endpoints, by
+/// [`crate::forward::Forward`], which needs no copy of the request for that.)
+pub static NO_RETRIES: LazyLock<RetryPolicy> = LazyLock::new(|| RetryPolicy {
+    max_retries: 0,
     on: vec![RetryOn::ConnectFailure],
     ..RetryPolicy::default()
 });
@@ -49,7 +51,7 @@ pub fn is_safe(method: &Method, route_retryable: bool) -> bool {
 /// Which retry policy applies, without copying it per request.
 #[derive(Clone)]
 pub enum PolicyRef {
-    /// [`CONNECT_FAILURE_ONLY`].
+    /// [`NO_RETRIES`].
     Default,
     /// The policy of route `.1` of the profile.
     Route(Arc<Profile>, usize),
@@ -63,8 +65,8 @@ impl PolicyRef {
                 .routes
                 .get(*i)
                 .and_then(|r| r.retry.as_ref())
-                .unwrap_or(&CONNECT_FAILURE_ONLY),
-            PolicyRef::Default => &CONNECT_FAILURE_ONLY,
+                .unwrap_or(&NO_RETRIES),
+            PolicyRef::Default => &NO_RETRIES,
         }
     }
 }
@@ -153,7 +155,8 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = ResponseFuture;
+    /// Requests that cannot be retried go straight through, without another boxed future.
+    type Future = Either<ResponseFuture, ResponseFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -180,12 +183,12 @@ where
             None
         };
         let first = self.inner.call(req);
+        let Some(template) = template else {
+            return Either::Left(first);
+        };
         let inner = self.inner.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let mut result = first.await;
-            let Some(template) = template else {
-                return result;
-            };
             let mut backoff = None;
             let mut retries = 0;
             let policy = cfg.policy.get();
@@ -208,7 +211,7 @@ where
                 result = inner.clone().oneshot(next).await;
             }
             result
-        })
+        }))
     }
 }
 

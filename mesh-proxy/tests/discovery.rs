@@ -272,3 +272,43 @@ async fn invalid_updates_are_ignored() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn refused_connections_fail_over_to_live_endpoints() {
+    let live = upstream("live", Behaviour::Ok).await;
+    // Nothing listens here: connections are refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ctrl = Arc::new(FakeController::default());
+    ctrl.set(
+        "web.test:80",
+        state(vec![endpoint(dead), endpoint(live.addr)], None),
+    )
+    .await;
+    let (proxy, _c) = proxy_with(ctrl.clone()).await;
+    let client = h1_client();
+    // Even POST (never retried after it was sent) is safe to send elsewhere when no
+    // connection could be made: no request fails.
+    for _ in 0..50 {
+        let r = send(
+            &client,
+            proxy.outbound_addr,
+            "web.test",
+            "POST",
+            "/",
+            "data",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.proxy_error);
+    }
+    assert_eq!(live.hits(), 50);
+    // With only dead endpoints the client gets a 502 naming the failure.
+    ctrl.set("web.test:80", state(vec![endpoint(dead)], None))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = get(&client, proxy.outbound_addr, "web.test", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.proxy_error.unwrap().contains("could not connect"));
+}

@@ -63,6 +63,11 @@ async fn http1_and_http2_through_one_proxy() {
         Version::HTTP_2,
         "HTTP/2 from the app stays HTTP/2"
     );
+    assert_eq!(
+        up.conns.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one pooled HTTP/1 connection and one HTTP/2 connection"
+    );
 
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     assert_eq!(

@@ -102,6 +102,7 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let (h, b, s) = (h.clone(), b.clone(), s.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
