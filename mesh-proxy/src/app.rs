@@ -15,6 +15,7 @@ use crate::client::Client;
 use crate::config::{Config, DiscoverySource};
 use crate::destination::{Destinations, Resolve};
 use crate::discovery::controller::ControllerResolver;
+use crate::discovery::inbound_policy::InboundPolicies;
 use crate::discovery::static_file::StaticResolver;
 use crate::discovery::PassThrough;
 use crate::inbound::Inbound;
@@ -58,6 +59,7 @@ async fn bind(addr: SocketAddr, what: &str, var: &str) -> anyhow::Result<TcpList
 
 pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
+    let mut inbound_policy = InboundPolicies::none();
     let (resolver, ready): (Arc<dyn Resolve>, Arc<dyn Fn() -> bool + Send + Sync>) = match &cfg
         .discovery
     {
@@ -69,6 +71,7 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         ),
         DiscoverySource::Controller(uri) => {
             let r = ControllerResolver::new(uri.clone(), cfg.workload.clone(), metrics.clone())?;
+            inbound_policy = InboundPolicies::from_controller(r.channel(), cfg.workload.clone());
             let probe = r.clone();
             (r, Arc::new(move || probe.connected()))
         }
@@ -97,6 +100,7 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         metrics: metrics.clone(),
         outbound,
         inbound,
+        inbound_policy,
         shutdown: shutdown_rx.clone(),
     });
     let tracker = Arc::new(());

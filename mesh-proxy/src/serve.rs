@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::body::ProxyBody;
 use crate::config::Config;
 use crate::detect::{self, PrefixedIo, Protocol};
+use crate::discovery::inbound_policy::InboundPolicies;
 use crate::inbound::Inbound;
 use crate::metrics::{ConnLabels, Direction, Metrics};
 use crate::outbound::Outbound;
@@ -30,6 +31,7 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub outbound: Arc<Outbound>,
     pub inbound: Arc<Inbound>,
+    pub inbound_policy: InboundPolicies,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -79,7 +81,11 @@ async fn serve_connection(
         Direction::Inbound => ctx.inbound.target(orig_dst).map(|a| a.port()),
         Direction::Outbound => orig_dst.map(|a| a.port()),
     };
-    let opaque_port = port.is_some_and(|p| ctx.cfg.opaque_ports.binary_search(&p).is_ok());
+    let opaque_port = port.is_some_and(|p| {
+        ctx.cfg.opaque_ports.binary_search(&p).is_ok()
+            || (direction == Direction::Inbound
+                && ctx.inbound_policy.protocol(p) == mesh_proto::v1::Protocol::Opaque)
+    });
     let (protocol, prefix) = if opaque_port {
         (Protocol::Opaque, bytes::BytesMut::new())
     } else {

@@ -172,3 +172,35 @@ async fn idle_opaque_connections_are_closed() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn controller_declared_opaque_ports_skip_detection() {
+    use mesh_proto::v1 as pb;
+    use std::sync::Arc;
+    let server = banner_server().await;
+    let ctrl = Arc::new(FakeController::default());
+    ctrl.set_inbound(server.port(), pb::Protocol::Opaque);
+    let controller = start_controller(ctrl);
+    let proxy = start_proxy(RawConfig {
+        controller_addr: Some(format!("http://{}", controller.addr)),
+        inbound_forward: Some(server.to_string()),
+        detect_timeout: Some("1s".into()),
+        ..raw_config()
+    })
+    .await;
+    // The first connection to the port starts watching its policy (and waits for detection).
+    let first = time_to_banner(proxy.inbound_addr).await;
+    // Later connections use the declared protocol: no wait at all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let took = time_to_banner(proxy.inbound_addr).await;
+        if took < Duration::from_millis(500) {
+            println!("first connection {first:?}, with the declared policy {took:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the declared opaque protocol was never applied"
+        );
+    }
+}

@@ -68,6 +68,11 @@ impl ControllerResolver {
         Ok(this)
     }
 
+    /// The gRPC channel to the controller, shared with the other APIs.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }

@@ -266,6 +266,9 @@ type Tx = mpsc::Sender<Result<pb::DestinationUpdate, tonic::Status>>;
 pub struct FakeController {
     state: Mutex<HashMap<String, pb::DestinationUpdate>>,
     subs: Mutex<HashMap<String, Vec<Tx>>>,
+    /// Declared protocol per inbound port, and the open inbound streams.
+    inbound: Mutex<HashMap<u32, pb::Protocol>>,
+    inbound_subs: Mutex<Vec<mpsc::Sender<Result<pb::InboundPolicy, tonic::Status>>>>,
 }
 
 pub fn endpoint(addr: SocketAddr) -> pb::Endpoint {
@@ -306,6 +309,11 @@ impl FakeController {
         for tx in subs {
             let _ = tx.send(Ok(update.clone())).await;
         }
+    }
+
+    /// Declares the protocol of an inbound port (served to proxies that watch it from now on).
+    pub fn set_inbound(&self, port: u16, protocol: pb::Protocol) {
+        self.inbound.lock().unwrap().insert(port as u32, protocol);
     }
 
     pub fn subscribers(&self, authority: &str) -> usize {
@@ -355,6 +363,38 @@ impl pb::destination_server::Destination for ControllerSvc {
     }
 }
 
+#[tonic::async_trait]
+impl pb::inbound_server::Inbound for ControllerSvc {
+    type WatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::InboundPolicy, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        req: tonic::Request<pb::InboundPort>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let port = req.into_inner().port;
+        let protocol = self
+            .0
+            .inbound
+            .lock()
+            .unwrap()
+            .get(&port)
+            .copied()
+            .unwrap_or(pb::Protocol::Detect);
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(pb::InboundPolicy {
+            server: format!("port-{port}"),
+            protocol: protocol as i32,
+        }))
+        .await
+        .ok();
+        self.0.inbound_subs.lock().unwrap().push(tx);
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
 /// A fake controller served on its own runtime, so that dropping it kills every connection
 /// and stream at once, as a crashed controller would.
 pub struct ControllerProcess {
@@ -391,8 +431,9 @@ pub fn start_controller_at(ctrl: Arc<FakeController>, addr: SocketAddr) -> Contr
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let _ = tonic::transport::Server::builder()
             .add_service(pb::destination_server::DestinationServer::new(
-                ControllerSvc(ctrl),
+                ControllerSvc(ctrl.clone()),
             ))
+            .add_service(pb::inbound_server::InboundServer::new(ControllerSvc(ctrl)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
