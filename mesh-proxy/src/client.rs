@@ -86,15 +86,8 @@ impl Client {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ProxyError::Connect {
-                addr,
-                source: e.into(),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "HTTP/1 connection closed");
-            }
-        });
+            .map_err(|e| handshake_failed(addr, e))?;
+        drive(addr, conn);
         Ok(sender)
     }
 
@@ -240,15 +233,27 @@ impl Client {
             .adaptive_window(true)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ProxyError::Connect {
-                addr,
-                source: e.into(),
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "HTTP/2 connection closed");
-            }
-        });
+            .map_err(|e| handshake_failed(addr, e))?;
+        drive(addr, conn);
         Ok(sender)
     }
+}
+
+fn handshake_failed(addr: SocketAddr, e: hyper::Error) -> ProxyError {
+    ProxyError::Connect {
+        addr,
+        source: e.into(),
+    }
+}
+
+/// Runs a client connection's IO in its own task until it closes.
+fn drive<C>(addr: SocketAddr, conn: C)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "connection to endpoint closed");
+        }
+    });
 }

@@ -155,20 +155,15 @@ impl Checker {
     fn ports(&mut self, name: &str, v: &str) -> Vec<u16> {
         let mut out = Vec::new();
         for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            if let Some((lo, hi)) = part.split_once('-') {
-                match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
-                    (Ok(lo), Ok(hi)) if lo > 0 && lo <= hi && hi - lo < 4096 => out.extend(lo..=hi),
-                    _ => self.errors.push(format!(
-                        "{name}: '{part}' is not a port range; write LOW-HIGH with 1 <= LOW <= HIGH and at most 4096 ports"
-                    )),
-                }
-            } else {
-                match part.parse::<u16>() {
-                    Ok(p) if p > 0 => out.push(p),
-                    _ => self
-                        .errors
-                        .push(format!("{name}: '{part}' is not a port number (1-65535)")),
-                }
+            // The same syntax as `mesh-proxy init`'s port lists: `25`, `8000-8100`.
+            match crate::init::parse_port_range(part) {
+                Ok(r) if r.last - r.first < 4096 => out.extend(r.first..=r.last),
+                Ok(_) => self.errors.push(format!(
+                    "{name}: '{part}' is not a port or port range of at most 4096 ports"
+                )),
+                Err(e) => self
+                    .errors
+                    .push(format!("{name}: '{part}' is not a port or port range: {e}")),
             }
         }
         out.sort_unstable();
@@ -364,7 +359,7 @@ mod tests {
             "MESH_PROXY_DETECT_TIMEOUT='fast'",
             "'x' is not a port",
             "'70000' is not a port",
-            "'10-5' is not a port range",
+            "'10-5' is not a port",
             "MESH_PROXY_CONTROLLER_ADDR",
             "MESH_PROXY_LOG_FORMAT",
         ] {
