@@ -68,6 +68,10 @@ pub struct RawConfig {
     /// Log format: plain or json.
     #[arg(long, env = "MESH_PROXY_LOG_FORMAT", default_value = "plain")]
     pub log_format: Option<String>,
+    /// Runtime worker threads: `auto` (the CPUs this process may run on) or a number. With
+    /// one, the proxy runs a single-threaded runtime (no work-stealing overhead).
+    #[arg(long, env = "MESH_PROXY_WORKER_THREADS", default_value = "auto")]
+    pub worker_threads: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +106,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log: String,
     pub log_format: LogFormat,
+    pub worker_threads: usize,
 }
 
 /// Every problem found in the configuration.
@@ -272,6 +277,19 @@ impl Config {
                 LogFormat::Plain
             }
         };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let worker_threads = match raw.worker_threads.as_deref().map(str::trim) {
+            None | Some("auto") => cpus,
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if (1..=512).contains(&n) => n,
+                _ => {
+                    c.errors.push(format!(
+                        "MESH_PROXY_WORKER_THREADS='{n}' must be auto or a number from 1 to 512"
+                    ));
+                    1
+                }
+            },
+        };
         let listeners = [
             ("outbound", outbound_addr),
             ("inbound", inbound_addr),
@@ -317,6 +335,7 @@ impl Config {
             shutdown_grace: or(shutdown_grace, Duration::from_secs(30)),
             log,
             log_format,
+            worker_threads,
         })
     }
 }

@@ -48,10 +48,20 @@ fn main() {
 fn run(raw: RawConfig) -> anyhow::Result<()> {
     let cfg = Config::from_raw(&raw)?;
     let log = init_logging(&cfg);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("mesh-proxy")
-        .build()?;
+    // A sidecar usually gets one core: then a single-threaded runtime serves every connection
+    // from one event loop, without the multi-threaded scheduler's cross-thread bookkeeping.
+    let rt = if cfg.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.worker_threads)
+            .enable_all()
+            .thread_name("mesh-proxy")
+            .build()?
+    };
+    tracing::debug!(workers = cfg.worker_threads, "runtime configured");
     rt.block_on(async move {
         let running = mesh_proxy::app::start(cfg, Some(log)).await?;
         let mut signal = running.shutdown_signal();

@@ -41,6 +41,8 @@ async fn spawn_proxy(static_config: &str) -> Proc {
         .env("MESH_PROXY_ADMIN_ADDR", format!("127.0.0.1:{a}"))
         .env("MESH_PROXY_STATIC_CONFIG", static_config)
         .env("MESH_PROXY_SHUTDOWN_GRACE", "5s")
+        // The single-threaded runtime a one-core sidecar gets.
+        .env("MESH_PROXY_WORKER_THREADS", "1")
         .env("MESH_PROXY_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -83,6 +85,7 @@ fn every_bad_setting_is_reported_and_the_proxy_exits() {
         .env("MESH_PROXY_OUTBOUND_ADDR", "localhost")
         .env("MESH_PROXY_CONNECT_TIMEOUT", "soon")
         .env("MESH_PROXY_OPAQUE_PORTS", "25,smtp")
+        .env("MESH_PROXY_WORKER_THREADS", "0")
         .env("MESH_PROXY_STATIC_CONFIG", "/nonexistent/mesh.yaml")
         .output()
         .unwrap();
@@ -92,6 +95,7 @@ fn every_bad_setting_is_reported_and_the_proxy_exits() {
         "MESH_PROXY_OUTBOUND_ADDR='localhost'",
         "MESH_PROXY_CONNECT_TIMEOUT='soon'",
         "'smtp' is not a port",
+        "MESH_PROXY_WORKER_THREADS='0'",
         "MESH_PROXY_STATIC_CONFIG='/nonexistent/mesh.yaml'",
     ] {
         assert!(err.contains(needle), "missing {needle} in:\n{err}");
