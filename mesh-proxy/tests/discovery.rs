@@ -22,6 +22,21 @@ async fn proxy_with(ctrl: Arc<FakeController>) -> (mesh_proxy::app::Running, Con
     (proxy, controller)
 }
 
+/// A controller that knows `web.test:80` with the single endpoint `a`, and a proxy using it.
+async fn web_test_with(
+    a: &Upstream,
+) -> (
+    Arc<FakeController>,
+    mesh_proxy::app::Running,
+    ControllerProcess,
+) {
+    let ctrl = Arc::new(FakeController::default());
+    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
+        .await;
+    let (proxy, controller) = proxy_with(ctrl.clone()).await;
+    (ctrl, proxy, controller)
+}
+
 #[tokio::test]
 async fn slow_endpoint_gets_fewer_requests() {
     let fast = upstream("fast", Behaviour::Ok).await;
@@ -89,10 +104,7 @@ async fn round_robin_spreads_evenly() {
 async fn endpoints_change_live_without_failed_requests() {
     let a = upstream("a", Behaviour::Ok).await;
     let b = upstream("b", Behaviour::Ok).await;
-    let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
-        .await;
-    let (proxy, _c) = proxy_with(ctrl.clone()).await;
+    let (ctrl, proxy, _c) = web_test_with(&a).await;
     let via = proxy.outbound_addr;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
@@ -160,10 +172,7 @@ async fn endpoints_change_live_without_failed_requests() {
 #[tokio::test]
 async fn controller_loss_keeps_last_state_and_restart_resumes() {
     let a = upstream("a", Behaviour::Ok).await;
-    let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
-        .await;
-    let (proxy, mut controller) = proxy_with(ctrl.clone()).await;
+    let (_ctrl, proxy, mut controller) = web_test_with(&a).await;
     // Ready once the controller answered.
     let deadline = Instant::now() + Duration::from_secs(5);
     while admin_get(proxy.admin_addr, "/ready").await.0 != StatusCode::OK {
@@ -236,10 +245,7 @@ async fn not_ready_without_a_controller() {
 #[tokio::test]
 async fn invalid_updates_are_ignored() {
     let a = upstream("a", Behaviour::Ok).await;
-    let ctrl = Arc::new(FakeController::default());
-    ctrl.set("web.test:80", state(vec![endpoint(a.addr)], None))
-        .await;
-    let (proxy, _c) = proxy_with(ctrl.clone()).await;
+    let (ctrl, proxy, _c) = web_test_with(&a).await;
     let client = h1_client();
     assert_eq!(
         get(&client, proxy.outbound_addr, "web.test", "/")
