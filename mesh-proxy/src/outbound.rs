@@ -180,6 +180,7 @@ impl Outbound {
         let stack = TimeoutLayer(timeout).layer(
             RetryLayer {
                 policy: policy_ref.clone(),
+                safe,
                 budget: dest.budget(),
                 metrics: self.metrics.clone(),
                 labels: RouteLabels {

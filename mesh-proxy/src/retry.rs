@@ -75,6 +75,8 @@ impl PolicyRef {
 #[derive(Clone)]
 pub struct RetryLayer {
     pub policy: PolicyRef,
+    /// Whether this request may be sent twice at all ([`is_safe`]).
+    pub safe: bool,
     pub budget: Arc<TpsBudget>,
     pub metrics: Arc<Metrics>,
     pub labels: RouteLabels,
@@ -166,7 +168,7 @@ where
         let cfg = self.cfg.clone();
         cfg.budget.deposit();
         // Keep what a second attempt needs, when one is possible at all.
-        let template = if cfg.policy.get().max_retries > 0 {
+        let template = if cfg.safe && cfg.policy.get().max_retries > 0 {
             let body = match req.body() {
                 ProxyBody::Full(b) => Some(TemplateBody::Full(b.clone())),
                 ProxyBody::Replay(r) => r.replay().map(TemplateBody::Replay),
