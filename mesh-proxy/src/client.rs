@@ -62,7 +62,7 @@ impl Client {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ProxyError::Connect {

@@ -6,6 +6,7 @@
 //! its app.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -172,4 +173,87 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     {
         headers.remove(TE);
     }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` with an
+/// `Upgrade` header, e.g. WebSocket), if it does.
+pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    use http::header::{CONNECTION, UPGRADE};
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req.headers().get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    asks.then(|| req.headers().get(UPGRADE).cloned()).flatten()
+}
+
+/// Forwards an upgrade request (WebSocket and the like) over a dedicated HTTP/1.1
+/// connection to `addr`. When the endpoint switches protocols (101), the two upgraded
+/// connections are joined and bytes are copied both ways until either side closes.
+pub async fn upgrade(
+    client: &Client,
+    addr: SocketAddr,
+    mut req: Request<Incoming>,
+    protocol: HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    use http::header::{CONNECTION, UPGRADE};
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(UPGRADE, protocol);
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    let req = Request::from_parts(parts, ProxyBody::Incoming(body));
+    let stream = client.connect(addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Connect {
+                addr,
+                source: e.into(),
+            })?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut rsp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ProxyError::Upstream {
+            addr,
+            source: e.into(),
+        })?;
+    if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let server_upgrade = hyper::upgrade::on(&mut rsp);
+        tokio::spawn(async move {
+            match (client_upgrade.await, server_upgrade.await) {
+                (Ok(c), Ok(s)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut s = hyper_util::rt::TokioIo::new(s);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
+                        tracing::debug!(%addr, error = %e, "upgraded connection ended");
+                    }
+                }
+                (c, s) => tracing::debug!(
+                    %addr,
+                    client_ok = c.is_ok(),
+                    server_ok = s.is_ok(),
+                    "protocol upgrade failed"
+                ),
+            }
+        });
+    }
+    Ok(rsp.map(ProxyBody::Incoming))
 }

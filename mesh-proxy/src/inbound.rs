@@ -82,6 +82,20 @@ impl Inbound {
             return rsp;
         };
         let (ep, label) = self.endpoint(target);
+        if let Some(protocol) = forward::upgrade_protocol(&req) {
+            let rsp = forward::upgrade(&self.client, target, req, protocol)
+                .await
+                .unwrap_or_else(ProxyError::into_response);
+            record(
+                &self.metrics,
+                Direction::Inbound,
+                label,
+                self.route.clone(),
+                &rsp,
+                start,
+            );
+            return rsp;
+        }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         if parts.headers.remove(ORIG_PROTO).is_some() {

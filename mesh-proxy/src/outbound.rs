@@ -151,6 +151,14 @@ impl Outbound {
             _ => dest.clone(),
         };
 
+        if let Some(protocol) = forward::upgrade_protocol(&req) {
+            let ep = backend
+                .balancer
+                .pick()
+                .ok_or_else(|| ProxyError::NoEndpoints(backend.authority.to_string()))?;
+            return forward::upgrade(&self.client, ep.connect_addr, req, protocol).await;
+        }
+
         let policy_ref = match route_idx {
             Some(i) if profile.profile.routes[i].retry.is_some() => {
                 retry::PolicyRef::Route(profile.clone(), i)
@@ -204,6 +212,14 @@ impl Outbound {
         orig_dst: Option<SocketAddr>,
         routed: &mut Option<Routed>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upgrade = forward::upgrade_protocol(&req);
+        if let (Some(protocol), Some(orig)) = (upgrade.clone(), orig_dst) {
+            *routed = Some(Routed {
+                authority: self.dests.for_addr(orig).label.clone(),
+                route: self.passthrough_route.clone(),
+            });
+            return forward::upgrade(&self.client, orig, req, protocol).await;
+        }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
         let req = Request::from_parts(parts, ProxyBody::Incoming(body));

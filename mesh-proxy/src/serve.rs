@@ -200,7 +200,8 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(ctx.cfg.http_idle_timeout)
             .keep_alive(true)
-            .serve_connection(io, svc);
+            .serve_connection(io, svc)
+            .with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => r,

@@ -505,3 +505,95 @@ async fn idle_client_connections_are_closed() {
         start.elapsed()
     );
 }
+
+/// An app that accepts `Upgrade: echo` and then echoes bytes on the upgraded connection.
+async fn upgrade_echo_server() -> SocketAddr {
+    use http_body_util::Full;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |mut req: http::Request<hyper::body::Incoming>| async move {
+                        let upgraded = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(u) = upgraded.await {
+                                let mut io = hyper_util::rt::TokioIo::new(u);
+                                let mut buf = [0u8; 64];
+                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                while let Ok(n) = io.read(&mut buf).await {
+                                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                        let mut rsp = http::Response::new(Full::new(bytes::Bytes::new()));
+                        *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                        rsp.headers_mut()
+                            .insert("connection", "upgrade".parse().unwrap());
+                        rsp.headers_mut().insert("upgrade", "echo".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn protocol_upgrades_pass_through_two_proxies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = upgrade_echo_server().await;
+    let server = start_proxy(RawConfig {
+        inbound_forward: Some(app.to_string()),
+        ..raw_config()
+    })
+    .await;
+    let yaml = format!(
+        "services:\n  - authority: \"ws.test:80\"\n    endpoints:\n      - addr: \"{app}\"\n        hint: {{ kind: meshed_h2, inbound_port: {} }}\n    routes: [ {{ name: all, timeout: 1s }} ]\n",
+        server.inbound_addr.port()
+    );
+    let (_dir, path) = static_file(&yaml);
+    let client = start_proxy(RawConfig {
+        static_config: Some(path),
+        ..raw_config()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(client.outbound_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The upgraded stream outlives the route's 1 s request timeout.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for msg in [&b"ping"[..], b"second message"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+}
