@@ -11,6 +11,8 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::metrics::{Class, Metrics, RequestLabels};
+
 /// Error of a proxied body.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -18,6 +20,42 @@ pub enum ProxyBody {
     Incoming(Incoming),
     Replay(ReplayBody),
     Full(Option<Bytes>),
+    /// A gRPC response whose status comes in trailers: counted when the stream ends.
+    Grpc(Box<GrpcBody>),
+}
+
+/// A gRPC response body that records the request in the metrics once its `grpc-status`
+/// trailer arrives (a stream that ends or is dropped without one counts as a failure).
+pub struct GrpcBody {
+    inner: Incoming,
+    metrics: Arc<Metrics>,
+    labels: RequestLabels,
+    done: bool,
+}
+
+impl GrpcBody {
+    pub fn new(inner: Incoming, metrics: Arc<Metrics>, labels: RequestLabels) -> Self {
+        Self {
+            inner,
+            metrics,
+            labels,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, class: Class) {
+        if !self.done {
+            self.done = true;
+            self.labels.classification = class;
+            self.metrics.requests.get_or_create(&self.labels).inc();
+        }
+    }
+}
+
+impl Drop for GrpcBody {
+    fn drop(&mut self) {
+        self.finish(Class::Failure);
+    }
 }
 
 impl ProxyBody {
@@ -49,6 +87,20 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ProxyBody::Replay(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Grpc(g) => {
+                let polled = Pin::new(&mut g.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(t) = frame.trailers_ref() {
+                            let ok = t.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0");
+                            g.finish(if ok { Class::Success } else { Class::Failure });
+                        }
+                    }
+                    Poll::Ready(_) => g.finish(Class::Failure),
+                    Poll::Pending => {}
+                }
+                polled.map_err(Into::into)
+            }
         }
     }
 
@@ -57,6 +109,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.is_end_stream(),
             ProxyBody::Replay(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Grpc(g) => g.inner.is_end_stream(),
         }
     }
 
@@ -65,6 +118,7 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(b) => b.size_hint(),
             ProxyBody::Replay(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Grpc(g) => g.inner.size_hint(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct Inbound {
     forward_to: Option<SocketAddr>,
     targets: Mutex<HashMap<SocketAddr, (Arc<EndpointHandle>, Str)>>,
     route: Str,
+    unknown: Str,
 }
 
 impl Inbound {
@@ -36,6 +37,7 @@ impl Inbound {
             forward_to,
             targets: Mutex::new(HashMap::new()),
             route: Str::from("inbound"),
+            unknown: Str::from("unknown"),
         }
     }
 
@@ -71,30 +73,28 @@ impl Inbound {
                 "inbound traffic has no target: set MESH_PROXY_INBOUND_FORWARD",
             )
             .into_response();
-            record(
+            return record(
                 &self.metrics,
                 Direction::Inbound,
-                Str::from("unknown"),
+                self.unknown.clone(),
                 self.route.clone(),
-                &rsp,
+                rsp,
                 start,
             );
-            return rsp;
         };
         let (ep, label) = self.endpoint(target);
         if let Some(protocol) = forward::upgrade_protocol(&req) {
             let rsp = forward::upgrade(&self.client, target, req, protocol)
                 .await
                 .unwrap_or_else(ProxyError::into_response);
-            record(
+            return record(
                 &self.metrics,
                 Direction::Inbound,
                 label,
                 self.route.clone(),
-                &rsp,
+                rsp,
                 start,
             );
-            return rsp;
         }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -125,9 +125,8 @@ impl Inbound {
             Direction::Inbound,
             label,
             self.route.clone(),
-            &rsp,
+            rsp,
             start,
-        );
-        rsp
+        )
     }
 }

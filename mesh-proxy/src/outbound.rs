@@ -18,7 +18,7 @@ use rand::Rng;
 use tower::{Layer, ServiceExt};
 
 use crate::balance::EndpointHandle;
-use crate::body::{ProxyBody, ReplayBody};
+use crate::body::{GrpcBody, ProxyBody, ReplayBody};
 use crate::client::Client;
 use crate::destination::{Destination, Destinations, Resolution};
 use crate::error::ProxyError;
@@ -87,10 +87,9 @@ impl Outbound {
             Direction::Outbound,
             routed.authority,
             routed.route,
-            &rsp,
+            rsp,
             start,
-        );
-        rsp
+        )
     }
 
     async fn route(
@@ -298,20 +297,24 @@ fn body_is_empty(b: &Incoming) -> bool {
     http_body::Body::is_end_stream(b) || http_body::Body::size_hint(b).exact() == Some(0)
 }
 
-/// Records the golden metrics of one request.
+/// Records the golden metrics of one request. A gRPC response whose status is not in its
+/// headers is counted when its trailers arrive (its body is wrapped for that).
 pub fn record(
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     direction: Direction,
     authority: Str,
     route: Str,
-    rsp: &Response<ProxyBody>,
+    rsp: Response<ProxyBody>,
     start: Instant,
-) {
+) -> Response<ProxyBody> {
     let status = rsp.status();
-    let grpc_failed = rsp
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() != b"0");
+    let grpc_status = rsp.headers().get("grpc-status");
+    let grpc_failed = grpc_status.is_some_and(|v| v.as_bytes() != b"0");
+    let status_in_trailers = grpc_status.is_none()
+        && rsp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let classification = if status.is_server_error() || grpc_failed {
         Class::Failure
     } else {
@@ -326,14 +329,22 @@ pub fn record(
         .latency
         .get_or_create(&route_labels)
         .observe(start.elapsed().as_secs_f64());
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            direction,
-            authority: route_labels.authority,
-            route: route_labels.route,
-            status_code: status.as_u16(),
-            classification,
-        })
-        .inc();
+    let labels = RequestLabels {
+        direction,
+        authority: route_labels.authority,
+        route: route_labels.route,
+        status_code: status.as_u16(),
+        classification,
+    };
+    if status_in_trailers {
+        let (parts, body) = rsp.into_parts();
+        if let ProxyBody::Incoming(inner) = body {
+            let body = GrpcBody::new(inner, metrics.clone(), labels);
+            return Response::from_parts(parts, ProxyBody::Grpc(Box::new(body)));
+        }
+        metrics.requests.get_or_create(&labels).inc();
+        return Response::from_parts(parts, body);
+    }
+    metrics.requests.get_or_create(&labels).inc();
+    rsp
 }

@@ -172,7 +172,7 @@ where
             let body = match req.body() {
                 ProxyBody::Full(b) => Some(TemplateBody::Full(b.clone())),
                 ProxyBody::Replay(r) => r.replay().map(TemplateBody::Replay),
-                ProxyBody::Incoming(_) => None,
+                ProxyBody::Incoming(_) | ProxyBody::Grpc(_) => None,
             };
             body.map(|body| Template {
                 method: req.method().clone(),

@@ -386,8 +386,23 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
         "a later message arrives through the proxy while the stream stays open"
     );
 
+    // The stream then fails: its status comes in trailers, after a 200 OK header.
+    ctrl.fail("x.test:1", tonic::Status::unavailable("going away"))
+        .await;
+    let err = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // One success (Certify), two failures: InvalidArgument (status in headers) and the
+    // stream (status in trailers), all with HTTP status 200.
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
-    assert!(metric(&m, "mesh_proxy_requests_total{direction=\"outbound\",authority=\"grpc.test:50051\",route=\"default\",status_code=\"200\",classification=\"failure\"}") >= 1.0, "the InvalidArgument call is a failure: {m}");
+    let base = "mesh_proxy_requests_total{direction=\"outbound\",authority=\"grpc.test:50051\",route=\"default\",status_code=\"200\",classification=";
+    assert_eq!(metric(&m, &format!("{base}\"success\"}}")), 1.0, "{m}");
+    assert_eq!(metric(&m, &format!("{base}\"failure\"}}")), 2.0, "{m}");
 }
 
 #[tokio::test]

@@ -311,6 +311,19 @@ impl FakeController {
         }
     }
 
+    /// Ends the streams of `authority` with an error status (sent in gRPC trailers).
+    pub async fn fail(&self, authority: &str, status: tonic::Status) {
+        let subs = self
+            .subs
+            .lock()
+            .unwrap()
+            .remove(authority)
+            .unwrap_or_default();
+        for tx in subs {
+            let _ = tx.send(Err(status.clone())).await;
+        }
+    }
+
     /// Declares the protocol of an inbound port (served to proxies that watch it from now on).
     pub fn set_inbound(&self, port: u16, protocol: pb::Protocol) {
         self.inbound.lock().unwrap().insert(port as u32, protocol);
