@@ -123,15 +123,7 @@ pub async fn send(
                 }
             }
         }
-        // HTTP/1 requests go out in origin form (`/path?query`).
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(pq);
-        }
+        to_origin_form(req.uri_mut());
         client.send_h1(&ep.conns, ep.connect_addr, req).await
     }
 }
@@ -147,6 +139,17 @@ pub fn set_uri<B>(req: &mut Request<B>, authority: Authority) -> Result<(), Prox
     *req.uri_mut() =
         Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid request URI"))?;
     Ok(())
+}
+
+/// HTTP/1 requests go out in origin form (`/path?query`), whatever form they arrived in.
+fn to_origin_form(uri: &mut Uri) {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        let pq = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *uri = Uri::from(pq);
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, not the
@@ -208,14 +211,7 @@ pub async fn upgrade(
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, protocol);
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(pq);
-    }
+    to_origin_form(&mut parts.uri);
     let req = Request::from_parts(parts, ProxyBody::Incoming(body));
     let stream = client.connect(addr).await?;
     let (mut sender, conn) =

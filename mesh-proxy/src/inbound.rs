@@ -83,18 +83,29 @@ impl Inbound {
             );
         };
         let (ep, label) = self.endpoint(target);
+        let rsp = self.forward(req, target, &ep).await;
+        record(
+            &self.metrics,
+            Direction::Inbound,
+            label,
+            self.route.clone(),
+            rsp,
+            start,
+        )
+    }
+
+    /// Sends one request to the app: upgrades on their own connection, HTTP/1 carried over
+    /// HTTP/2 turned back into HTTP/1, errors turned into proxy responses.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        target: SocketAddr,
+        ep: &Arc<EndpointHandle>,
+    ) -> Response<ProxyBody> {
         if let Some(protocol) = forward::upgrade_protocol(&req) {
-            let rsp = forward::upgrade(&self.client, target, req, protocol)
+            return forward::upgrade(&self.client, target, req, protocol)
                 .await
                 .unwrap_or_else(ProxyError::into_response);
-            return record(
-                &self.metrics,
-                Direction::Inbound,
-                label,
-                self.route.clone(),
-                rsp,
-                start,
-            );
         }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -109,7 +120,7 @@ impl Inbound {
         }
         let req = Request::from_parts(parts, ProxyBody::Incoming(body));
         let in_flight = ep.start();
-        let rsp = match forward::send(&self.client, &ep, req).await {
+        match forward::send(&self.client, ep, req).await {
             Ok(rsp) => {
                 in_flight.complete();
                 rsp.map(ProxyBody::Incoming)
@@ -119,14 +130,6 @@ impl Inbound {
                 tracing::debug!(error = %e.error, "inbound request failed");
                 e.error.into_response()
             }
-        };
-        record(
-            &self.metrics,
-            Direction::Inbound,
-            label,
-            self.route.clone(),
-            rsp,
-            start,
-        )
+        }
     }
 }

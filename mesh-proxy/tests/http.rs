@@ -21,15 +21,25 @@ fn one_service(authority: &str, addrs: &[SocketAddr], extra: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn http1_and_http2_through_one_proxy() {
-    let up = upstream("a", Behaviour::Ok).await;
-    let (_dir, path) = static_file(&one_service("web.test:80", &[up.addr], ""));
+/// A proxy whose static config holds one service.
+async fn proxy_for(
+    authority: &str,
+    addrs: &[SocketAddr],
+    extra: &str,
+) -> (tempfile::TempDir, mesh_proxy::app::Running) {
+    let (dir, path) = static_file(&one_service(authority, addrs, extra));
     let proxy = start_proxy(RawConfig {
         static_config: Some(path),
         ..raw_config()
     })
     .await;
+    (dir, proxy)
+}
+
+#[tokio::test]
+async fn http1_and_http2_through_one_proxy() {
+    let up = upstream("a", Behaviour::Ok).await;
+    let (_dir, proxy) = proxy_for("web.test:80", &[up.addr], "").await;
 
     let a = send(
         &h1_client(),
@@ -139,12 +149,7 @@ async fn two_hops_carry_http1_over_http2() {
 async fn retries_recover_a_flaky_endpoint() {
     let up = upstream("flaky", Behaviour::FailEvery(2)).await;
     let extra = "    routes:\n      - name: all\n        retry: { max_retries: 2, on: [gateway_error], backoff_base: 1ms, backoff_max: 5ms }\n";
-    let (_dir, path) = static_file(&one_service("flaky.test:80", &[up.addr], extra));
-    let proxy = start_proxy(RawConfig {
-        static_config: Some(path),
-        ..raw_config()
-    })
-    .await;
+    let (_dir, proxy) = proxy_for("flaky.test:80", &[up.addr], extra).await;
     let c = h1_client();
     for _ in 0..50 {
         // A body is replayed on the retry.
@@ -176,12 +181,7 @@ async fn retries_recover_a_flaky_endpoint() {
 async fn retry_budget_caps_load_on_a_dead_endpoint() {
     let up = upstream("dead", Behaviour::FailEvery(1)).await;
     let extra = "    routes:\n      - name: all\n        retry: { max_retries: 3, on: [5xx], backoff_base: 1ms, backoff_max: 2ms }\n    policy: { retry_budget: { ratio: 0.2, min_retries_per_second: 1, ttl: 10s } }\n";
-    let (_dir, path) = static_file(&one_service("dead.test:80", &[up.addr], extra));
-    let proxy = start_proxy(RawConfig {
-        static_config: Some(path),
-        ..raw_config()
-    })
-    .await;
+    let (_dir, proxy) = proxy_for("dead.test:80", &[up.addr], extra).await;
     let c = h1_client();
     let n = 300;
     for _ in 0..n {
@@ -215,12 +215,7 @@ async fn retry_budget_caps_load_on_a_dead_endpoint() {
 async fn route_timeout_returns_504_from_the_proxy() {
     let up = upstream("slow", Behaviour::Delay(Duration::from_secs(3))).await;
     let extra = "    routes:\n      - name: slow\n        timeout: 200ms\n";
-    let (_dir, path) = static_file(&one_service("slow.test:80", &[up.addr], extra));
-    let proxy = start_proxy(RawConfig {
-        static_config: Some(path),
-        ..raw_config()
-    })
-    .await;
+    let (_dir, proxy) = proxy_for("slow.test:80", &[up.addr], extra).await;
     let start = Instant::now();
     let a = get(&h1_client(), proxy.outbound_addr, "slow.test", "/").await;
     let took = start.elapsed();
@@ -332,12 +327,7 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
             .await
             .unwrap();
     });
-    let (_dir, path) = static_file(&one_service("grpc.test:50051", &[grpc_addr], ""));
-    let proxy = start_proxy(RawConfig {
-        static_config: Some(path),
-        ..raw_config()
-    })
-    .await;
+    let (_dir, proxy) = proxy_for("grpc.test:50051", &[grpc_addr], "").await;
     // The client dials the proxy; the origin (authority) names the service.
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.outbound_addr))
@@ -409,12 +399,7 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
 async fn malformed_requests_get_clear_errors_and_the_proxy_lives_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = upstream("a", Behaviour::Ok).await;
-    let (_dir, path) = static_file(&one_service("web.test:80", &[up.addr], ""));
-    let proxy = start_proxy(RawConfig {
-        static_config: Some(path),
-        ..raw_config()
-    })
-    .await;
+    let (_dir, proxy) = proxy_for("web.test:80", &[up.addr], "").await;
     let c = h1_client();
     // A Host that is not an authority.
     let a = get(&c, proxy.outbound_addr, "bad host:99999", "/").await;
@@ -456,12 +441,7 @@ async fn malformed_requests_get_clear_errors_and_the_proxy_lives_on() {
 #[tokio::test]
 async fn admin_endpoints() {
     let up = upstream("a", Behaviour::Ok).await;
-    let (_dir, path) = static_file(&one_service("web.test:80", &[up.addr], ""));
-    let proxy = start_proxy(RawConfig {
-        static_config: Some(path),
-        ..raw_config()
-    })
-    .await;
+    let (_dir, proxy) = proxy_for("web.test:80", &[up.addr], "").await;
     assert_eq!(admin_get(proxy.admin_addr, "/live").await.0, StatusCode::OK);
     assert_eq!(
         admin_get(proxy.admin_addr, "/ready").await.0,
