@@ -1,0 +1,240 @@
+//! The gRPC servers proxies talk to: Destination (discovery) and Inbound (inbound policy).
+//!
+//! Each request opens a long-lived stream fed by one task: the first message is the full
+//! state (or `not_found`), then only differences: endpoints removed, endpoints added or
+//! changed, the profile when it changed. A name that is not a mesh Service gets `not_found`
+//! and the stream stays open (the proxy passes such traffic through), so proxies do not
+//! reconnect in a loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mesh_core::convert::addr_to_proto;
+use mesh_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::inbound::{InboundKey, InboundState};
+use crate::index::Index;
+use crate::metrics::{ApiLabel, Metrics};
+use crate::resolve;
+use crate::services::PortState;
+
+type Stream<T> = ReceiverStream<Result<T, Status>>;
+
+/// Counts a stream as open until dropped.
+struct OpenStream {
+    metrics: Arc<Metrics>,
+    api: &'static str,
+}
+
+impl OpenStream {
+    fn new(metrics: Arc<Metrics>, api: &'static str) -> Self {
+        metrics.streams_open.get_or_create(&ApiLabel { api }).inc();
+        Self { metrics, api }
+    }
+
+    fn sent(&self) {
+        self.metrics
+            .updates_sent
+            .get_or_create(&ApiLabel { api: self.api })
+            .inc();
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.metrics
+            .streams_open
+            .get_or_create(&ApiLabel { api: self.api })
+            .dec();
+    }
+}
+
+/// The Destination API over the index.
+#[derive(Clone)]
+pub struct DestinationSvc {
+    pub index: Arc<Index>,
+}
+
+fn update(u: pb::destination_update::Update) -> pb::DestinationUpdate {
+    pb::DestinationUpdate { update: Some(u) }
+}
+
+/// The messages that take a proxy from `last` to `cur` (`first`: nothing sent yet).
+pub fn diff(
+    first: bool,
+    last: Option<&PortState>,
+    cur: Option<&PortState>,
+) -> Vec<pb::DestinationUpdate> {
+    use pb::destination_update::Update as U;
+    match (last, cur) {
+        (_, None) if first || last.is_some() => vec![update(U::NotFound(pb::NotFound {}))],
+        (_, None) => Vec::new(),
+        (None, Some(cur)) => vec![update(U::State(pb::ServiceState {
+            profile: Some((&cur.profile).into()),
+            endpoints: cur.endpoints.iter().map(Into::into).collect(),
+        }))],
+        (Some(last), Some(cur)) => {
+            let mut out = Vec::new();
+            if last.profile != cur.profile {
+                out.push(update(U::Profile((&cur.profile).into())));
+            }
+            let before: HashMap<SocketAddr, &mesh_core::Endpoint> =
+                last.endpoints.iter().map(|e| (e.addr, e)).collect();
+            let now: HashMap<SocketAddr, &mesh_core::Endpoint> =
+                cur.endpoints.iter().map(|e| (e.addr, e)).collect();
+            let removed: Vec<pb::TcpAddress> = last
+                .endpoints
+                .iter()
+                .filter(|e| !now.contains_key(&e.addr))
+                .map(|e| addr_to_proto(e.addr))
+                .collect();
+            let added: Vec<pb::Endpoint> = cur
+                .endpoints
+                .iter()
+                .filter(|e| before.get(&e.addr) != Some(e))
+                .map(Into::into)
+                .collect();
+            if !removed.is_empty() {
+                out.push(update(U::Remove(pb::EndpointsRemoved {
+                    addresses: removed,
+                })));
+            }
+            if !added.is_empty() {
+                out.push(update(U::Add(pb::EndpointsAdded { endpoints: added })));
+            }
+            out
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::destination_server::Destination for DestinationSvc {
+    type GetStream = Stream<pb::DestinationUpdate>;
+
+    async fn get(
+        &self,
+        req: Request<pb::GetDestination>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let open = OpenStream::new(self.index.metrics.clone(), "destination");
+        let target = resolve::target(
+            &req.authority,
+            &req.context,
+            &self.index.naming().cluster_domain,
+        );
+        tracing::debug!(authority = %req.authority, context = %req.context, ?target, "destination stream");
+        let Some(target) = target else {
+            tokio::spawn(async move {
+                let msg = diff(true, None, None);
+                for m in msg {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                    open.sent();
+                }
+                tx.closed().await;
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        };
+        let mut watch = self.index.watch_destination(target);
+        tokio::spawn(async move {
+            let mut last: Option<Arc<PortState>> = None;
+            let mut first = true;
+            loop {
+                let cur = watch.borrow_and_update().clone();
+                for m in diff(first, last.as_deref(), cur.as_deref()) {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                    open.sent();
+                }
+                last = cur;
+                first = false;
+                tokio::select! {
+                    changed = watch.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The Inbound API over the index.
+#[derive(Clone)]
+pub struct InboundSvc {
+    pub index: Arc<Index>,
+}
+
+fn inbound_msg(s: &InboundState) -> pb::InboundPolicy {
+    use mesh_crds::ServerProtocol as P;
+    let protocol = match s.protocol {
+        P::Detect => pb::Protocol::Detect,
+        P::Http1 => pb::Protocol::Http1,
+        P::Http2 => pb::Protocol::Http2,
+        P::Grpc => pb::Protocol::Grpc,
+        P::Opaque => pb::Protocol::Opaque,
+    };
+    pb::InboundPolicy {
+        server: s.server.clone(),
+        protocol: protocol as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::inbound_server::Inbound for InboundSvc {
+    type WatchStream = Stream<pb::InboundPolicy>;
+
+    async fn watch(
+        &self,
+        req: Request<pb::InboundPort>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let key = InboundKey::parse(&req.workload, req.port).map_err(Status::invalid_argument)?;
+        let (tx, rx) = mpsc::channel(4);
+        let open = OpenStream::new(self.index.metrics.clone(), "inbound");
+        let mut watch = self.index.watch_inbound(key);
+        tokio::spawn(async move {
+            loop {
+                let msg = inbound_msg(&watch.borrow_and_update());
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                open.sent();
+                tokio::select! {
+                    changed = watch.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves both APIs on a bound listener until `shutdown` resolves.
+pub async fn serve(
+    index: Arc<Index>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .add_service(pb::destination_server::DestinationServer::new(
+            DestinationSvc {
+                index: index.clone(),
+            },
+        ))
+        .add_service(pb::inbound_server::InboundServer::new(InboundSvc { index }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

@@ -1,0 +1,535 @@
+//! The one in-memory index every proxy stream reads from.
+//!
+//! A single task ([`Index::run`]) owns the watched objects. It takes changes from the
+//! backends in batches (everything queued at once, so a burst costs one recomputation),
+//! recomputes only the Services, namespaces and conditions the batch touched, and publishes
+//! the results through `tokio::sync::watch` channels: one per (Service, port) or (cluster IP,
+//! port) that some proxy asked for, and one per watched workload port. Streams read the latest
+//! value when they are ready, so a slow proxy never holds up the index, and intermediate
+//! states it missed are skipped. The lock around the channel table is never held across an
+//! `.await`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::inbound::{InboundKey, InboundState, NamespaceInbound};
+use crate::metrics::{KindLabel, Metrics};
+use crate::objects::{Change, Dirty, Kind, ObjKey, Objects};
+use crate::policies::{self, Resolved};
+use crate::resolve::Target;
+use crate::routes::{self, Converted};
+use crate::services::{self, Naming, PortState, RouteTable, ServiceView};
+use crate::status::{self, ObjectStatus, StatusEntry, StatusReport};
+
+/// What a destination stream watches: the port's state, `None` when there is no such Service
+/// port.
+pub type DestinationRx = watch::Receiver<Option<Arc<PortState>>>;
+
+/// Input of the index.
+#[derive(Debug)]
+pub enum Input {
+    Change(Change),
+    /// The backend has sent its complete initial state: the controller is ready.
+    Synced,
+}
+
+impl From<Change> for Input {
+    fn from(c: Change) -> Self {
+        Input::Change(c)
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    views: HashMap<ObjKey, Arc<ServiceView>>,
+    by_ip: HashMap<IpAddr, ObjKey>,
+    destinations: HashMap<Target, watch::Sender<Option<Arc<PortState>>>>,
+    namespaces: HashMap<String, Arc<NamespaceInbound>>,
+    inbound: HashMap<InboundKey, watch::Sender<InboundState>>,
+}
+
+impl Shared {
+    fn lookup(&self, target: &Target) -> Option<Arc<PortState>> {
+        let (key, port) = match target {
+            Target::Name(key, port) => (key, *port),
+            Target::Addr(addr) => (self.by_ip.get(&addr.ip())?, addr.port()),
+        };
+        self.views.get(key)?.ports.get(&port).cloned()
+    }
+
+    fn inbound_state(&self, key: &InboundKey) -> InboundState {
+        self.namespaces
+            .get(&key.namespace)
+            .map(|ns| ns.state(key))
+            .unwrap_or_default()
+    }
+}
+
+/// The shared index: subscribe from gRPC handlers, feed from backends through [`Index::run`].
+pub struct Index {
+    shared: Mutex<Shared>,
+    pub metrics: Arc<Metrics>,
+    naming: Naming,
+    ready: watch::Sender<bool>,
+    status: watch::Sender<Arc<StatusReport>>,
+}
+
+impl Index {
+    pub fn new(naming: Naming, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            shared: Mutex::new(Shared::default()),
+            metrics,
+            naming,
+            ready: watch::channel(false).0,
+            status: watch::channel(Arc::new(StatusReport::new())).0,
+        })
+    }
+
+    pub fn naming(&self) -> &Naming {
+        &self.naming
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A poisoned lock only means another thread panicked mid-update; the data is still a
+        // consistent map of channels, so keep serving.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the backend's initial state has been indexed.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Status conditions of routes and policies, updated after every batch.
+    pub fn status(&self) -> watch::Receiver<Arc<StatusReport>> {
+        self.status.subscribe()
+    }
+
+    /// Watches one Service port.
+    pub fn watch_destination(&self, target: Target) -> DestinationRx {
+        let mut s = self.lock();
+        if let Some(tx) = s.destinations.get(&target) {
+            return tx.subscribe();
+        }
+        let value = s.lookup(&target);
+        let (tx, rx) = watch::channel(value);
+        s.destinations.insert(target, tx);
+        rx
+    }
+
+    /// Watches one workload port's inbound policy.
+    pub fn watch_inbound(&self, key: InboundKey) -> watch::Receiver<InboundState> {
+        let mut s = self.lock();
+        if let Some(tx) = s.inbound.get(&key) {
+            return tx.subscribe();
+        }
+        let value = s.inbound_state(&key);
+        let (tx, rx) = watch::channel(value);
+        s.inbound.insert(key, tx);
+        rx
+    }
+
+    /// Numbers for the admin page: services, endpoints, watched destinations.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let s = self.lock();
+        let endpoints = s.views.values().map(|v| v.endpoint_count()).sum();
+        (s.views.len(), endpoints, s.destinations.len())
+    }
+
+    /// Applies changes from the backends until every sender is gone.
+    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Input>) {
+        let mut objs = Objects::default();
+        let mut state = Derived::default();
+        let mut gc = tokio::time::interval(Duration::from_secs(30));
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => m,
+                    None => return,
+                },
+                _ = gc.tick() => {
+                    self.collect_garbage();
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            let mut dirty = Dirty::default();
+            let mut synced = false;
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(input) = next.take() {
+                match input {
+                    Input::Synced => synced = true,
+                    Input::Change(c) => {
+                        let kind = match &c {
+                            Change::Apply(o) => o.kind(),
+                            Change::Delete(k, _) | Change::Reset(k, _) => *k,
+                        };
+                        self.metrics
+                            .changes
+                            .get_or_create(&KindLabel {
+                                kind: kind.as_str(),
+                            })
+                            .inc();
+                        objs.apply(c, &mut dirty);
+                    }
+                }
+                n += 1;
+                if n < 50_000 {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !dirty.is_empty() {
+                self.recompute(&objs, dirty, &mut state);
+                self.metrics
+                    .index_lag
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.last_change.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or_default(),
+                );
+            }
+            for kind in Kind::ALL {
+                self.metrics
+                    .objects
+                    .get_or_create(&KindLabel {
+                        kind: kind.as_str(),
+                    })
+                    .set(objs.count(kind) as i64);
+            }
+            if synced && !self.is_ready() {
+                tracing::info!("initial state indexed; ready");
+                self.ready.send_replace(true);
+            }
+        }
+    }
+
+    /// Drops channels nobody watches any more.
+    fn collect_garbage(&self) {
+        let mut s = self.lock();
+        s.destinations.retain(|_, tx| tx.receiver_count() > 0);
+        s.inbound.retain(|_, tx| tx.receiver_count() > 0);
+    }
+
+    fn recompute(&self, objs: &Objects, mut dirty: Dirty, state: &mut Derived) {
+        if dirty.conditions {
+            state.refresh_routes(objs, &self.naming, &mut dirty);
+        }
+        // Compute outside the lock; publish under it.
+        let views: Vec<(ObjKey, Option<Arc<ServiceView>>)> = dirty
+            .services
+            .iter()
+            .map(|k| {
+                let v = services::compute(objs, k, &state.table, &state.policies, &self.naming)
+                    .map(Arc::new);
+                (k.clone(), v)
+            })
+            .collect();
+        let namespaces: Vec<(String, Arc<NamespaceInbound>)> = dirty
+            .inbound_namespaces
+            .iter()
+            .map(|ns| (ns.clone(), Arc::new(NamespaceInbound::build(objs, ns))))
+            .collect();
+        let mut s = self.lock();
+        for (key, view) in views {
+            let old = match &view {
+                Some(v) => s.views.insert(key.clone(), v.clone()),
+                None => s.views.remove(&key),
+            };
+            let mut targets: BTreeSet<u16> = BTreeSet::new();
+            let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+            for v in old.iter().chain(view.iter()) {
+                targets.extend(v.ports.keys());
+                ips.extend(v.cluster_ips.iter());
+            }
+            if let Some(old) = &old {
+                for ip in &old.cluster_ips {
+                    if s.by_ip.get(ip) == Some(&key) {
+                        s.by_ip.remove(ip);
+                    }
+                }
+            }
+            if let Some(v) = &view {
+                for ip in &v.cluster_ips {
+                    s.by_ip.insert(*ip, key.clone());
+                }
+            }
+            for port in targets {
+                let mut ts = vec![Target::Name(key.clone(), port)];
+                ts.extend(ips.iter().map(|ip| Target::Addr(SocketAddr::new(*ip, port))));
+                for t in ts {
+                    let value = s.lookup(&t);
+                    if let Some(tx) = s.destinations.get(&t) {
+                        tx.send_if_modified(|cur| {
+                            if *cur == value {
+                                false
+                            } else {
+                                *cur = value;
+                                true
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        for (ns, data) in namespaces {
+            s.namespaces.insert(ns, data);
+        }
+        if !dirty.inbound_namespaces.is_empty() {
+            let Shared {
+                inbound,
+                namespaces,
+                ..
+            } = &*s;
+            for (key, tx) in inbound.iter() {
+                if dirty.inbound_namespaces.contains(&key.namespace) {
+                    let value = namespaces
+                        .get(&key.namespace)
+                        .map(|n| n.state(key))
+                        .unwrap_or_default();
+                    tx.send_if_modified(|cur| {
+                        if *cur == value {
+                            false
+                        } else {
+                            *cur = value;
+                            true
+                        }
+                    });
+                }
+            }
+        }
+        let endpoints: usize = s.views.values().map(|v| v.endpoint_count()).sum();
+        drop(s);
+        self.metrics.endpoints.set(endpoints as i64);
+        if dirty.conditions {
+            let mut report = state.report(objs);
+            let previous = self.status.borrow().clone();
+            status::stamp(&mut report, &previous, &status::now_rfc3339());
+            if report != *previous {
+                self.status.send_replace(Arc::new(report));
+            }
+        }
+    }
+}
+
+/// What is derived from routes and policies, kept between batches.
+#[derive(Default)]
+struct Derived {
+    http: BTreeMap<ObjKey, Converted>,
+    grpc: BTreeMap<ObjKey, Converted>,
+    table: RouteTable,
+    policies: Resolved,
+}
+
+impl Derived {
+    /// Reconverts routes and policies and marks the Services whose profile changed.
+    fn refresh_routes(&mut self, objs: &Objects, naming: &Naming, dirty: &mut Dirty) {
+        self.http = objs
+            .http_routes
+            .iter()
+            .map(|(k, r)| (k.clone(), routes::convert_http(r, objs, &naming.cluster_domain)))
+            .collect();
+        self.grpc = objs
+            .grpc_routes
+            .iter()
+            .map(|(k, r)| (k.clone(), routes::convert_grpc(r, objs, &naming.cluster_domain)))
+            .collect();
+        let mut table: RouteTable = BTreeMap::new();
+        let attach = |table: &mut RouteTable,
+                      kind: &str,
+                      key: &ObjKey,
+                      conv: &Converted,
+                      parents: Vec<routes::ParentRef>| {
+            if conv.accepted.is_err() {
+                return;
+            }
+            let id = Arc::new((kind.to_string(), key.clone()));
+            for p in parents {
+                // Only routes in the Service's own namespace (producer routes) apply.
+                if p.service.namespace != key.namespace {
+                    continue;
+                }
+                let list = table.entry(p.service.clone()).or_default();
+                for e in &conv.entries {
+                    list.push((p.port, id.clone(), e.clone()));
+                }
+            }
+        };
+        for (k, conv) in &self.http {
+            if let Some(r) = objs.http_routes.get(k) {
+                attach(&mut table, "HTTPRoute", k, conv, routes::http_parent_refs(r));
+            }
+        }
+        for (k, conv) in &self.grpc {
+            if let Some(r) = objs.grpc_routes.get(k) {
+                attach(&mut table, "GRPCRoute", k, conv, routes::grpc_parent_refs(r));
+            }
+        }
+        for list in table.values_mut() {
+            list.sort_by(|a, b| a.2.rank.cmp(&b.2.rank));
+        }
+        let policies = policies::resolve(objs);
+        // Services whose routes changed.
+        let keys: BTreeSet<&ObjKey> = table.keys().chain(self.table.keys()).collect();
+        for k in keys {
+            let same = match (table.get(k), self.table.get(k)) {
+                (Some(a), Some(b)) => {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b.iter())
+                            .all(|(x, y)| x.0 == y.0 && x.1 == y.1 && x.2.route == y.2.route)
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                dirty.services.insert(k.clone());
+            }
+        }
+        // Services whose policy (or whose routes' policies) changed.
+        let targets: BTreeSet<&(String, ObjKey)> = policies
+            .by_target
+            .keys()
+            .chain(self.policies.by_target.keys())
+            .collect();
+        for t in targets {
+            if policies.by_target.get(t) == self.policies.by_target.get(t) {
+                continue;
+            }
+            match t.0.as_str() {
+                "Service" => {
+                    dirty.services.insert(t.1.clone());
+                }
+                _ => {
+                    for (svc, list) in table.iter().chain(self.table.iter()) {
+                        if list.iter().any(|(_, id, _)| id.as_ref() == t) {
+                            dirty.services.insert(svc.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.table = table;
+        self.policies = policies;
+    }
+
+    /// Conditions of every route, policy and invalid Workload.
+    fn report(&self, objs: &Objects) -> StatusReport {
+        let mut report = StatusReport::new();
+        let mut route_status = |kind: Kind,
+                                key: &ObjKey,
+                                generation: Option<i64>,
+                                conv: &Converted,
+                                parents: Vec<routes::ParentRef>| {
+            let entries = parents
+                .into_iter()
+                .map(|p| {
+                    let mut conditions = conv.conditions(generation);
+                    if p.service.namespace != key.namespace {
+                        conditions[0] = status::Condition::fail(
+                            "Accepted",
+                            "NotAllowedByParent",
+                            "routes for a Service in another namespace (consumer routes) are not supported yet; put the route in the Service's namespace",
+                            generation,
+                        );
+                    } else if !objs.services.contains_key(&p.service) {
+                        conditions[0] = status::Condition::fail(
+                            "Accepted",
+                            "NoMatchingParent",
+                            &format!("Service {} does not exist", p.service),
+                            generation,
+                        );
+                    }
+                    StatusEntry {
+                        parent_ref: Some(p.raw),
+                        conditions,
+                    }
+                })
+                .collect();
+            report.insert(
+                (kind, key.clone()),
+                ObjectStatus {
+                    kind: kind.as_str().into(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    entries,
+                },
+            );
+        };
+        for (k, conv) in &self.http {
+            if let Some(r) = objs.http_routes.get(k) {
+                route_status(
+                    Kind::HttpRoute,
+                    k,
+                    r.metadata.generation,
+                    conv,
+                    routes::http_parent_refs(r),
+                );
+            }
+        }
+        for (k, conv) in &self.grpc {
+            if let Some(r) = objs.grpc_routes.get(k) {
+                route_status(
+                    Kind::GrpcRoute,
+                    k,
+                    r.metadata.generation,
+                    conv,
+                    routes::grpc_parent_refs(r),
+                );
+            }
+        }
+        for (k, conditions) in &self.policies.conditions {
+            report.insert(
+                (Kind::BackendPolicy, k.clone()),
+                ObjectStatus {
+                    kind: "BackendPolicy".into(),
+                    namespace: k.namespace.clone(),
+                    name: k.name.clone(),
+                    entries: vec![StatusEntry {
+                        parent_ref: None,
+                        conditions: conditions.clone(),
+                    }],
+                },
+            );
+        }
+        for (k, w) in &objs.workloads {
+            let cond = match w.spec.address.parse::<IpAddr>() {
+                Ok(_) => status::Condition::ok("Accepted", "Accepted", "workload indexed", w.metadata.generation),
+                Err(_) => status::Condition::fail(
+                    "Accepted",
+                    "InvalidAddress",
+                    &format!(
+                        "spec.address '{}' is not an IP address; Workloads are reached by IP",
+                        w.spec.address
+                    ),
+                    w.metadata.generation,
+                ),
+            };
+            report.insert(
+                (Kind::Workload, k.clone()),
+                ObjectStatus {
+                    kind: "Workload".into(),
+                    namespace: k.namespace.clone(),
+                    name: w.name_any(),
+                    entries: vec![StatusEntry {
+                        parent_ref: None,
+                        conditions: vec![cond],
+                    }],
+                },
+            );
+        }
+        report
+    }
+}

@@ -1,0 +1,181 @@
+//! `mesh-controller`: the mesh's control plane.
+//!
+//! It watches the platform (Kubernetes through kube-rs, or a directory of YAML objects in
+//! local mode), keeps one in-memory [`index`] of Services, endpoints, routes and policies, and
+//! serves it to every proxy over the streaming gRPC APIs of `mesh-proto` ([`grpc`]). It is
+//! never on the request path: proxies keep the last state they received when it goes away.
+//!
+//! Modules, in the order data flows: [`kubernetes`] / [`local`] (sources) → [`objects`] (the
+//! store) → [`routes`], [`policies`], [`services`], [`inbound`] (what proxies see) →
+//! [`index`] (publication) → [`grpc`] (streams); [`status`] conditions go back to the
+//! platform; [`admin`] and [`metrics`] are for operators.
+
+pub mod admin;
+pub mod args;
+pub mod grpc;
+pub mod inbound;
+pub mod index;
+pub mod kubernetes;
+pub mod local;
+pub mod metrics;
+pub mod objects;
+pub mod policies;
+pub mod resolve;
+pub mod routes;
+pub mod services;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use args::{RunArgs, Source};
+use index::Index;
+use services::Naming;
+
+/// A started controller.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub index: Arc<Index>,
+    shutdown: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    source: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits for the source to stop (it only stops on a fatal error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        match (&mut self.source).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the source task failed: {e}")),
+        }
+    }
+
+    /// Stops serving and every task.
+    pub fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.source.abort();
+    }
+}
+
+/// Binds the listeners and starts the source, the index, the gRPC and admin servers.
+pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let naming = Naming {
+        cluster_domain: args.cluster_domain.clone(),
+        trust_domain: args.trust_domain.clone(),
+    };
+    let index = Index::new(naming, metrics.clone());
+    let (tx, rx) = mpsc::channel(4096);
+    let grpc_listener = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-addr {}", args.grpc_addr))?;
+    let admin_listener = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let mut tasks = vec![tokio::spawn(index.clone().run(rx))];
+    let (files, source_name, source) = match args.source {
+        Source::Local => {
+            let dir = args.config_dir.clone().context(
+                "local mode needs --config-dir (MESH_CONTROLLER_CONFIG_DIR): the directory of YAML objects",
+            )?;
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "--config-dir {} is not a directory; create it (it may be empty) or point at your objects",
+                    dir.display()
+                );
+            }
+            let src = local::LocalSource::new(dir, metrics.clone(), args.cluster_domain.clone());
+            let files = src.errors();
+            let status = index.status();
+            tasks.push(tokio::spawn(log_conditions(status)));
+            (Some(files), "local", tokio::spawn(src.run(tx)))
+        }
+        Source::Kubernetes => {
+            let client = kube::Client::try_default().await.context(
+                "cannot reach the Kubernetes API (in-cluster config or KUBECONFIG); use --source local outside a cluster",
+            )?;
+            kubernetes::spawn_watches(client.clone(), tx, metrics.clone());
+            let (leader_tx, leader_rx) = watch::channel(false);
+            tasks.push(tokio::spawn(kubernetes::lead(
+                client.clone(),
+                args.lease_namespace.clone(),
+                args.lease_name.clone(),
+                kubernetes::holder_identity(),
+                leader_tx,
+            )));
+            tasks.push(tokio::spawn(kubernetes::write_statuses(
+                client,
+                index.status(),
+                leader_rx,
+            )));
+            (
+                None,
+                "kubernetes",
+                tokio::spawn(async { std::future::pending::<anyhow::Result<()>>().await }),
+            )
+        }
+    };
+    let admin = admin::Admin {
+        index: index.clone(),
+        files,
+        source: source_name,
+    };
+    tasks.push(tokio::spawn(admin.serve(admin_listener)));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let grpc_index = index.clone();
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = stop_rx.await;
+        };
+        if let Err(e) = grpc::serve(grpc_index, grpc_listener, stop).await {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    }));
+    tracing::info!(%grpc_addr, %admin_addr, source = source_name, "mesh-controller started");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        index,
+        shutdown: Some(stop_tx),
+        tasks,
+        source,
+    })
+}
+
+/// Local mode has no API to write status to: log each object whose conditions turn bad or
+/// good again.
+async fn log_conditions(mut rx: watch::Receiver<Arc<status::StatusReport>>) {
+    let mut last: Arc<status::StatusReport> = Arc::default();
+    loop {
+        let cur = rx.borrow_and_update().clone();
+        for (k, st) in cur.iter() {
+            let before = last.get(k).map(|s| s.has_problem());
+            match (before, st.problem()) {
+                (Some(true), None) => {
+                    tracing::info!(kind = %k.0, object = %k.1, "accepted");
+                }
+                (_, Some(c)) if last.get(k) != Some(st) => {
+                    tracing::warn!(kind = %k.0, object = %k.1, condition = %c.type_, reason = %c.reason, "{}", c.message);
+                }
+                _ => {}
+            }
+        }
+        last = cur;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The controller's Prometheus metrics (prefix `mesh_controller_`), served on the admin port.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    pub api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Open proxy streams per API (destination, inbound).
+    pub streams_open: Family<ApiLabel, Gauge>,
+    /// Messages sent to proxies per API.
+    pub updates_sent: Family<ApiLabel, Counter>,
+    /// Objects in the index per kind.
+    pub objects: Family<KindLabel, Gauge>,
+    /// Endpoints across all Services and ports.
+    pub endpoints: Gauge,
+    /// Changes received from the platform per kind.
+    pub changes: Family<KindLabel, Counter>,
+    /// Watch (re)starts and errors per kind (Kubernetes) or reload failures (local).
+    pub watch_errors: Family<KindLabel, Counter>,
+    /// Time from a change reaching the index to the new state being published to streams.
+    pub index_lag: Histogram,
+    /// Seconds since the Unix epoch when the last change was applied.
+    pub last_change: Gauge,
+    /// Config files rejected (local mode).
+    pub invalid_files: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mesh_controller");
+        let m = Self {
+            streams_open: Family::default(),
+            updates_sent: Family::default(),
+            objects: Family::default(),
+            endpoints: Gauge::default(),
+            changes: Family::default(),
+            watch_errors: Family::default(),
+            index_lag: Histogram::new(
+                [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0].into_iter(),
+            ),
+            last_change: Gauge::default(),
+            invalid_files: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("streams_open", "Open proxy streams", m.streams_open.clone());
+        registry.register("updates_sent", "Messages sent to proxies", m.updates_sent.clone());
+        registry.register("index_objects", "Objects in the index", m.objects.clone());
+        registry.register("index_endpoints", "Endpoints across all Services", m.endpoints.clone());
+        registry.register("changes", "Changes received from the platform", m.changes.clone());
+        registry.register(
+            "watch_errors",
+            "Watch errors (Kubernetes) or rejected reloads (local mode)",
+            m.watch_errors.clone(),
+        );
+        registry.register(
+            "index_lag_seconds",
+            "Time from a change reaching the index to its publication to proxy streams",
+            m.index_lag.clone(),
+        );
+        registry.register(
+            "last_change_timestamp_seconds",
+            "When the index last applied a change",
+            m.last_change.clone(),
+        );
+        registry.register(
+            "invalid_files",
+            "Local-mode files currently rejected",
+            m.invalid_files.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

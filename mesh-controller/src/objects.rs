@@ -1,0 +1,564 @@
+//! The watched objects, whatever platform they come from, and the store that holds them.
+//!
+//! Both backends (Kubernetes watches and the local YAML directory) turn what they read into
+//! [`Object`]s and send [`Change`]s; the index applies them to one [`Objects`] store. Pods are
+//! reduced to the few fields the mesh needs ([`PodInfo`]) so that a large cluster does not cost
+//! the controller a copy of every Pod spec.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use mesh_crds::{BackendPolicy, Server, Workload};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Name of the proxy container (or native-sidecar init container) in a meshed Pod.
+pub const PROXY_CONTAINER: &str = "mesh-proxy";
+/// Pod annotation overriding the proxy's inbound port.
+pub const INBOUND_PORT_ANNOTATION: &str = "mesh.dev/inbound-port";
+
+/// Namespace and name of an object (cluster-scoped objects have an empty namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of a Kubernetes object; a missing namespace means `default`.
+    pub fn of<K: kube::Resource>(obj: &K) -> Self {
+        Self {
+            namespace: obj.namespace().unwrap_or_else(|| "default".into()),
+            name: obj.name_any(),
+        }
+    }
+}
+
+impl fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The kinds the controller reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+    Pod,
+    Workload,
+    Server,
+    BackendPolicy,
+    HttpRoute,
+    GrpcRoute,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::Workload,
+        Kind::Server,
+        Kind::BackendPolicy,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::Workload => "Workload",
+            Kind::Server => "Server",
+            Kind::BackendPolicy => "BackendPolicy",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the mesh needs to know about a Pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub key: ObjKey,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    /// The proxy's inbound port when the Pod runs the mesh proxy.
+    pub proxy_inbound_port: Option<u16>,
+    /// Named container ports, for `targetPort` and Server port names.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl PodInfo {
+    pub fn from_pod(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref();
+        let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let inits = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default();
+        let meshed = containers
+            .iter()
+            .chain(inits.iter())
+            .any(|c| c.name == PROXY_CONTAINER);
+        let inbound = pod
+            .annotations()
+            .get(INBOUND_PORT_ANNOTATION)
+            .and_then(|v| v.parse::<u16>().ok())
+            .unwrap_or(mesh_crds::DEFAULT_INBOUND_PORT);
+        let mut ports = BTreeMap::new();
+        for c in containers.iter().filter(|c| c.name != PROXY_CONTAINER) {
+            for p in c.ports.iter().flatten() {
+                if let (Some(name), Ok(port)) = (&p.name, u16::try_from(p.container_port)) {
+                    ports.insert(name.clone(), port);
+                }
+            }
+        }
+        Self {
+            key: ObjKey::of(pod),
+            labels: pod.labels().clone(),
+            service_account: spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            proxy_inbound_port: meshed.then_some(inbound),
+            ports,
+        }
+    }
+}
+
+/// One watched object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Pod(Arc<PodInfo>),
+    Workload(Arc<Workload>),
+    Server(Arc<Server>),
+    BackendPolicy(Arc<BackendPolicy>),
+    HttpRoute(Arc<HttpRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Pod(_) => Kind::Pod,
+            Object::Workload(_) => Kind::Workload,
+            Object::Server(_) => Kind::Server,
+            Object::BackendPolicy(_) => Kind::BackendPolicy,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
+        }
+    }
+
+    pub fn key(&self) -> ObjKey {
+        match self {
+            Object::Service(o) => ObjKey::of(o.as_ref()),
+            Object::EndpointSlice(o) => ObjKey::of(o.as_ref()),
+            Object::Pod(o) => o.key.clone(),
+            Object::Workload(o) => ObjKey::of(o.as_ref()),
+            Object::Server(o) => ObjKey::of(o.as_ref()),
+            Object::BackendPolicy(o) => ObjKey::of(o.as_ref()),
+            Object::HttpRoute(o) => ObjKey::of(o.as_ref()),
+            Object::GrpcRoute(o) => ObjKey::of(o.as_ref()),
+        }
+    }
+}
+
+/// A change reported by a backend.
+#[derive(Debug)]
+pub enum Change {
+    /// An object was created or changed.
+    Apply(Object),
+    /// An object was deleted.
+    Delete(Kind, ObjKey),
+    /// The complete current set of one kind (after a (re)list or a directory reload):
+    /// objects not in it are deleted.
+    Reset(Kind, Vec<Object>),
+}
+
+/// Every watched object, by kind and key.
+#[derive(Default)]
+pub struct Objects {
+    pub services: BTreeMap<ObjKey, Arc<Service>>,
+    pub slices: BTreeMap<ObjKey, Arc<EndpointSlice>>,
+    /// EndpointSlices of each Service.
+    pub slices_by_service: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
+    pub pods: BTreeMap<ObjKey, Arc<PodInfo>>,
+    pub workloads: BTreeMap<ObjKey, Arc<Workload>>,
+    pub servers: BTreeMap<ObjKey, Arc<Server>>,
+    pub policies: BTreeMap<ObjKey, Arc<BackendPolicy>>,
+    pub http_routes: BTreeMap<ObjKey, Arc<HttpRoute>>,
+    pub grpc_routes: BTreeMap<ObjKey, Arc<GrpcRoute>>,
+}
+
+/// What a change touched, so that only that is recomputed.
+#[derive(Default, Debug)]
+pub struct Dirty {
+    pub services: BTreeSet<ObjKey>,
+    /// Namespaces whose inbound policies (Servers, Pod/Workload labels) may have changed.
+    pub inbound_namespaces: BTreeSet<String>,
+    /// Routes or policies changed: their status conditions need recomputing.
+    pub conditions: bool,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.inbound_namespaces.is_empty() && !self.conditions
+    }
+}
+
+fn slice_service(s: &EndpointSlice) -> Option<ObjKey> {
+    let name = s.labels().get(SERVICE_NAME_LABEL)?;
+    Some(ObjKey::new(
+        s.namespace().unwrap_or_else(|| "default".into()),
+        name.clone(),
+    ))
+}
+
+impl Objects {
+    pub fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Service => self.services.len(),
+            Kind::EndpointSlice => self.slices.len(),
+            Kind::Pod => self.pods.len(),
+            Kind::Workload => self.workloads.len(),
+            Kind::Server => self.servers.len(),
+            Kind::BackendPolicy => self.policies.len(),
+            Kind::HttpRoute => self.http_routes.len(),
+            Kind::GrpcRoute => self.grpc_routes.len(),
+        }
+    }
+
+    fn keys(&self, kind: Kind) -> Vec<ObjKey> {
+        match kind {
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slices.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::Workload => self.workloads.keys().cloned().collect(),
+            Kind::Server => self.servers.keys().cloned().collect(),
+            Kind::BackendPolicy => self.policies.keys().cloned().collect(),
+            Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
+            Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
+        }
+    }
+
+    fn get(&self, kind: Kind, key: &ObjKey) -> Option<Object> {
+        Some(match kind {
+            Kind::Service => Object::Service(self.services.get(key)?.clone()),
+            Kind::EndpointSlice => Object::EndpointSlice(self.slices.get(key)?.clone()),
+            Kind::Pod => Object::Pod(self.pods.get(key)?.clone()),
+            Kind::Workload => Object::Workload(self.workloads.get(key)?.clone()),
+            Kind::Server => Object::Server(self.servers.get(key)?.clone()),
+            Kind::BackendPolicy => Object::BackendPolicy(self.policies.get(key)?.clone()),
+            Kind::HttpRoute => Object::HttpRoute(self.http_routes.get(key)?.clone()),
+            Kind::GrpcRoute => Object::GrpcRoute(self.grpc_routes.get(key)?.clone()),
+        })
+    }
+
+    /// Applies one change and records what it touched.
+    pub fn apply(&mut self, change: Change, dirty: &mut Dirty) {
+        match change {
+            Change::Apply(obj) => self.upsert(obj, dirty),
+            Change::Delete(kind, key) => self.remove(kind, &key, dirty),
+            Change::Reset(kind, objs) => {
+                let keep: BTreeSet<ObjKey> = objs.iter().map(Object::key).collect();
+                for key in self.keys(kind) {
+                    if !keep.contains(&key) {
+                        self.remove(kind, &key, dirty);
+                    }
+                }
+                for obj in objs {
+                    self.upsert(obj, dirty);
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, obj: Object, dirty: &mut Dirty) {
+        let key = obj.key();
+        if let Some(old) = self.get(obj.kind(), &key) {
+            if old == obj {
+                return;
+            }
+            // Whatever the old version touched is touched too (labels, parents, targets).
+            self.touch(&old, dirty);
+        }
+        self.touch(&obj, dirty);
+        match obj {
+            Object::Service(o) => {
+                self.services.insert(key, o);
+            }
+            Object::EndpointSlice(o) => {
+                if let Some(old) = self.slices.get(&key).and_then(|s| slice_service(s)) {
+                    self.unlink_slice(&old, &key);
+                }
+                if let Some(svc) = slice_service(&o) {
+                    self.slices_by_service
+                        .entry(svc)
+                        .or_default()
+                        .insert(key.clone());
+                }
+                self.slices.insert(key, o);
+            }
+            Object::Pod(o) => {
+                self.pods.insert(key, o);
+            }
+            Object::Workload(o) => {
+                self.workloads.insert(key, o);
+            }
+            Object::Server(o) => {
+                self.servers.insert(key, o);
+            }
+            Object::BackendPolicy(o) => {
+                self.policies.insert(key, o);
+            }
+            Object::HttpRoute(o) => {
+                self.http_routes.insert(key, o);
+            }
+            Object::GrpcRoute(o) => {
+                self.grpc_routes.insert(key, o);
+            }
+        }
+    }
+
+    fn unlink_slice(&mut self, svc: &ObjKey, slice: &ObjKey) {
+        if let Some(set) = self.slices_by_service.get_mut(svc) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.slices_by_service.remove(svc);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, key: &ObjKey, dirty: &mut Dirty) {
+        let Some(old) = self.get(kind, key) else {
+            return;
+        };
+        self.touch(&old, dirty);
+        match kind {
+            Kind::Service => {
+                self.services.remove(key);
+            }
+            Kind::EndpointSlice => {
+                if let Some(svc) = self.slices.remove(key).and_then(|s| slice_service(&s)) {
+                    self.unlink_slice(&svc, key);
+                }
+            }
+            Kind::Pod => {
+                self.pods.remove(key);
+            }
+            Kind::Workload => {
+                self.workloads.remove(key);
+            }
+            Kind::Server => {
+                self.servers.remove(key);
+            }
+            Kind::BackendPolicy => {
+                self.policies.remove(key);
+            }
+            Kind::HttpRoute => {
+                self.http_routes.remove(key);
+            }
+            Kind::GrpcRoute => {
+                self.grpc_routes.remove(key);
+            }
+        }
+    }
+
+    /// Marks what depends on `obj`.
+    fn touch(&self, obj: &Object, dirty: &mut Dirty) {
+        match obj {
+            Object::Service(s) => {
+                dirty.services.insert(ObjKey::of(s.as_ref()));
+                // Routes' ResolvedRefs depend on which Services exist.
+                dirty.conditions = true;
+            }
+            Object::EndpointSlice(s) => {
+                if let Some(svc) = slice_service(s) {
+                    dirty.services.insert(svc);
+                }
+            }
+            Object::Pod(p) => {
+                self.touch_selecting(&p.key.namespace, &p.labels, dirty);
+                dirty.inbound_namespaces.insert(p.key.namespace.clone());
+            }
+            Object::Workload(w) => {
+                let key = ObjKey::of(w.as_ref());
+                self.touch_selecting(&key.namespace, w.labels(), dirty);
+                dirty.inbound_namespaces.insert(key.namespace);
+                // Workloads carry an Accepted condition (address validity).
+                dirty.conditions = true;
+            }
+            Object::Server(s) => {
+                dirty
+                    .inbound_namespaces
+                    .insert(ObjKey::of(s.as_ref()).namespace);
+            }
+            Object::BackendPolicy(p) => {
+                let key = ObjKey::of(p.as_ref());
+                let t = &p.spec.target_ref;
+                match t.kind.as_str() {
+                    "Service" => {
+                        dirty
+                            .services
+                            .insert(ObjKey::new(key.namespace.clone(), t.name.clone()));
+                    }
+                    "HTTPRoute" => {
+                        let rk = ObjKey::new(key.namespace.clone(), t.name.clone());
+                        if let Some(r) = self.http_routes.get(&rk) {
+                            dirty.services.extend(crate::routes::http_parents(r));
+                        }
+                    }
+                    "GRPCRoute" => {
+                        let rk = ObjKey::new(key.namespace.clone(), t.name.clone());
+                        if let Some(r) = self.grpc_routes.get(&rk) {
+                            dirty.services.extend(crate::routes::grpc_parents(r));
+                        }
+                    }
+                    _ => {}
+                }
+                dirty.conditions = true;
+            }
+            Object::HttpRoute(r) => {
+                dirty.services.extend(crate::routes::http_parents(r));
+                dirty.conditions = true;
+            }
+            Object::GrpcRoute(r) => {
+                dirty.services.extend(crate::routes::grpc_parents(r));
+                dirty.conditions = true;
+            }
+        }
+    }
+
+    /// Marks the Services in `namespace` whose selector matches `labels`.
+    fn touch_selecting(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        dirty: &mut Dirty,
+    ) {
+        let start = ObjKey::new(namespace, "");
+        for (key, svc) in self.services.range(start..) {
+            if key.namespace != namespace {
+                break;
+            }
+            if selects(svc, labels) {
+                dirty.services.insert(key.clone());
+            }
+        }
+    }
+}
+
+/// Whether a Service's selector picks an object with these labels (an empty or missing
+/// selector picks nothing, as in Kubernetes).
+pub fn selects(svc: &Service, labels: &BTreeMap<String, String>) -> bool {
+    match svc.spec.as_ref().and_then(|s| s.selector.as_ref()) {
+        Some(sel) if !sel.is_empty() => sel.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ServiceSpec;
+    use kube::api::ObjectMeta;
+
+    fn svc(ns: &str, name: &str, selector: &[(&str, &str)]) -> Object {
+        Object::Service(Arc::new(Service {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                selector: Some(
+                    selector
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            status: None,
+        }))
+    }
+
+    fn slice(ns: &str, name: &str, service: &str) -> Object {
+        Object::EndpointSlice(Arc::new(EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: vec![],
+            ports: None,
+        }))
+    }
+
+    #[test]
+    fn slices_mark_their_service_and_reset_deletes_the_rest() {
+        let mut objs = Objects::default();
+        let mut d = Dirty::default();
+        objs.apply(Change::Apply(svc("a", "web", &[("app", "web")])), &mut d);
+        objs.apply(Change::Apply(slice("a", "web-1", "web")), &mut d);
+        assert_eq!(objs.slices_by_service[&ObjKey::new("a", "web")].len(), 1);
+
+        let mut d = Dirty::default();
+        objs.apply(Change::Apply(slice("a", "web-1", "web")), &mut d);
+        assert!(d.is_empty(), "unchanged object marks nothing: {d:?}");
+
+        let mut d = Dirty::default();
+        objs.apply(Change::Reset(Kind::EndpointSlice, vec![]), &mut d);
+        assert!(d.services.contains(&ObjKey::new("a", "web")));
+        assert!(objs.slices.is_empty());
+        assert!(objs.slices_by_service.is_empty());
+    }
+
+    #[test]
+    fn pods_mark_selecting_services_in_their_namespace_only() {
+        let mut objs = Objects::default();
+        let mut d = Dirty::default();
+        objs.apply(Change::Apply(svc("a", "web", &[("app", "web")])), &mut d);
+        objs.apply(Change::Apply(svc("a", "db", &[("app", "db")])), &mut d);
+        objs.apply(Change::Apply(svc("b", "web", &[("app", "web")])), &mut d);
+        let pod = PodInfo {
+            key: ObjKey::new("a", "web-1"),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            service_account: "web".into(),
+            proxy_inbound_port: None,
+            ports: BTreeMap::new(),
+        };
+        let mut d = Dirty::default();
+        objs.apply(Change::Apply(Object::Pod(Arc::new(pod))), &mut d);
+        assert_eq!(
+            d.services.into_iter().collect::<Vec<_>>(),
+            vec![ObjKey::new("a", "web")]
+        );
+    }
+}

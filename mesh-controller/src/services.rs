@@ -1,0 +1,272 @@
+//! What one Service looks like to a proxy: per port, its endpoints and its profile (routes
+//! and backend policy).
+//!
+//! Endpoints come from the Service's EndpointSlices (Kubernetes, or files in local mode) and
+//! from the Workloads its selector matches. An endpoint counts while it is ready (a missing
+//! `ready` condition means ready, as in Kubernetes). A Pod or Workload that runs the mesh
+//! proxy gets the `meshed_h2` hint with its proxy's inbound port, and every endpoint carries
+//! the SPIFFE identity of its service account.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use mesh_core::{BackendPolicy, Endpoint, Identity, ProtocolHint, Route, ServiceProfile};
+
+use crate::objects::{selects, ObjKey, Objects};
+use crate::policies::{Resolved, Settings};
+use crate::routes::Entry;
+
+/// Names the controller needs to build authorities and identities.
+#[derive(Clone, Debug)]
+pub struct Naming {
+    /// Kubernetes cluster domain, e.g. `cluster.local`.
+    pub cluster_domain: String,
+    /// SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
+}
+
+impl Default for Naming {
+    fn default() -> Self {
+        Self {
+            cluster_domain: "cluster.local".into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+}
+
+impl Naming {
+    pub fn identity(&self, namespace: &str, service_account: &str) -> Option<Identity> {
+        Identity::parse(&format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        ))
+        .ok()
+    }
+}
+
+/// One port of a Service as proxies see it.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PortState {
+    /// Sorted by address.
+    pub endpoints: Vec<Endpoint>,
+    pub profile: ServiceProfile,
+}
+
+/// A Service as proxies see it.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ServiceView {
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: BTreeMap<u16, Arc<PortState>>,
+}
+
+impl ServiceView {
+    pub fn endpoint_count(&self) -> usize {
+        self.ports.values().map(|p| p.endpoints.len()).sum()
+    }
+}
+
+/// Route entries attached to each Service (already sorted by precedence), with the port the
+/// parentRef names.
+pub type RouteTable = BTreeMap<ObjKey, Vec<(Option<u16>, Arc<(String, ObjKey)>, Entry)>>;
+
+fn cluster_ips(svc: &Service) -> Vec<IpAddr> {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+fn same_port_name(a: Option<&str>, b: Option<&str>) -> bool {
+    a.unwrap_or("") == b.unwrap_or("")
+}
+
+/// Computes the view of one Service; `None` when it does not exist (or is an ExternalName).
+pub fn compute(
+    objs: &Objects,
+    key: &ObjKey,
+    routes: &RouteTable,
+    policies: &Resolved,
+    naming: &Naming,
+) -> Option<ServiceView> {
+    let svc = objs.services.get(key)?;
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let policy = policies
+        .by_target
+        .get(&("Service".to_string(), key.clone()))
+        .cloned();
+    let mut ports = BTreeMap::new();
+    for sp in spec.ports.iter().flatten() {
+        let Ok(port) = u16::try_from(sp.port) else {
+            continue;
+        };
+        let endpoints = endpoints(objs, key, svc, sp, spec.ports.as_ref().map_or(0, Vec::len), naming);
+        let profile = profile(key, port, routes, policies, policy.as_deref());
+        ports.insert(port, Arc::new(PortState { endpoints, profile }));
+    }
+    Some(ServiceView {
+        cluster_ips: cluster_ips(svc),
+        ports,
+    })
+}
+
+fn endpoints(
+    objs: &Objects,
+    key: &ObjKey,
+    svc: &Service,
+    sp: &ServicePort,
+    port_count: usize,
+    naming: &Naming,
+) -> Vec<Endpoint> {
+    let mut out: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    for slice_key in objs.slices_by_service.get(key).into_iter().flatten() {
+        let Some(slice) = objs.slices.get(slice_key) else {
+            continue;
+        };
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        let matched = ports
+            .iter()
+            .find(|p| same_port_name(p.name.as_deref(), sp.name.as_deref()))
+            .or_else(|| (ports.len() == 1 && port_count == 1).then(|| &ports[0]));
+        let Some(port) = matched
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            let pod = ep
+                .target_ref
+                .as_ref()
+                .filter(|t| t.kind.as_deref() == Some("Pod"))
+                .and_then(|t| {
+                    let ns = t.namespace.clone().unwrap_or_else(|| key.namespace.clone());
+                    objs.pods.get(&ObjKey::new(ns, t.name.clone().unwrap_or_default()))
+                });
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    continue;
+                };
+                let mut e = Endpoint::new(SocketAddr::new(ip, port));
+                e.zone = ep.zone.clone();
+                if let Some(pod) = pod {
+                    e.identity = naming.identity(&pod.key.namespace, &pod.service_account);
+                    if let Some(inbound) = pod.proxy_inbound_port {
+                        e.hint = ProtocolHint::MeshedH2 {
+                            inbound_port: Some(inbound),
+                        };
+                    }
+                }
+                out.insert(e.addr, e);
+            }
+        }
+    }
+    // Workloads (VMs, local processes) selected by the Service's labels.
+    let start = ObjKey::new(key.namespace.clone(), "");
+    for (wkey, w) in objs.workloads.range(start..) {
+        if wkey.namespace != key.namespace {
+            break;
+        }
+        if w.spec.ready == Some(false) || !selects(svc, w.labels()) {
+            continue;
+        }
+        let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
+            continue;
+        };
+        let port = match &sp.target_port {
+            None => u16::try_from(sp.port).ok(),
+            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+            Some(IntOrString::String(name)) => w
+                .spec
+                .ports
+                .iter()
+                .find(|p| &p.name == name)
+                .map(|p| p.port),
+        };
+        let Some(port) = port.filter(|p| *p > 0) else {
+            continue;
+        };
+        let mut e = Endpoint::new(SocketAddr::new(ip, port));
+        e.zone = w.spec.zone.clone();
+        e.identity = naming.identity(
+            &wkey.namespace,
+            w.spec.service_account.as_deref().unwrap_or("default"),
+        );
+        if let Some(proxy) = &w.spec.proxy {
+            e.hint = ProtocolHint::MeshedH2 {
+                inbound_port: Some(proxy.inbound_port),
+            };
+        }
+        out.insert(e.addr, e);
+    }
+    out.into_values().collect()
+}
+
+fn profile(
+    key: &ObjKey,
+    port: u16,
+    routes: &RouteTable,
+    policies: &Resolved,
+    service_policy: Option<&Settings>,
+) -> ServiceProfile {
+    let mut list: Vec<Route> = Vec::new();
+    for (parent_port, route, entry) in routes.get(key).into_iter().flatten() {
+        if parent_port.is_some_and(|p| p != port) {
+            continue;
+        }
+        let mut r = entry.route.clone();
+        let route_policy = policies.by_target.get(route.as_ref());
+        if let Some(s) = route_policy.map(|p| p.as_ref()).or(service_policy) {
+            r.retry = s.retry.clone();
+            r.retryable = s.retryable;
+            if r.timeout.is_none() {
+                r.timeout = s.timeout;
+            }
+        }
+        list.push(r);
+    }
+    let mut policy = BackendPolicy::default();
+    if let Some(s) = service_policy {
+        if let Some(b) = s.balancer {
+            policy.balancer = b;
+        }
+        if let Some(b) = s.budget {
+            policy.retry_budget = b;
+        }
+        policy.circuit_breaker = s.circuit_breaker.clone();
+        // Requests no route matches still get the Service's retry and timeout.
+        if s.retry.is_some() || s.timeout.is_some() {
+            list.push(Route {
+                name: "default".into(),
+                matches: Vec::new(),
+                backends: Vec::new(),
+                timeout: s.timeout,
+                retry: s.retry.clone(),
+                retryable: s.retryable,
+                request_headers: Default::default(),
+            });
+        }
+    }
+    ServiceProfile {
+        routes: list,
+        policy,
+    }
+}

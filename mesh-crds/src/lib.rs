@@ -1,0 +1,354 @@
+//! The mesh's own Kubernetes resource kinds, for what Gateway API does not cover.
+//!
+//! All kinds are in the API group `mesh.dev`, version `v1alpha1`, and namespaced:
+//!
+//! - [`Workload`]: one instance of an application outside Kubernetes' Pod model (a VM, a bare
+//!   host, a process in local mode), selected by Services through its labels, like a Pod.
+//! - [`Server`]: a port of the workloads that a label selector picks, with the protocol the
+//!   proxy should expect there (so that detection can be skipped, or opaque TCP forced).
+//! - [`BackendPolicy`]: resilience for traffic *to* a Service (or to one route): load-balancer
+//!   choice, retries, the retry budget, circuit breaking and a default request timeout.
+//!
+//! The same YAML objects work in local mode (files in a directory) and on a cluster. The CRD
+//! manifests are generated from these types ([`crds`], [`crds_yaml`]) with OpenAPI schemas that
+//! carry the validation a person can be told about at `kubectl apply` time (ranges, duration
+//! patterns, enums). Deeper checks (an address must be an IP, durations must parse) are done by
+//! the controller, which reports them as status conditions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the mesh's own kinds.
+pub const GROUP: &str = "mesh.dev";
+/// The one served version.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of the mesh's own kinds.
+pub const API_VERSION: &str = "mesh.dev/v1alpha1";
+/// Default inbound port of a meshed workload's proxy.
+pub const DEFAULT_INBOUND_PORT: u16 = 4143;
+
+/// Gateway API duration text, e.g. `250ms`, `2s`, `1m30s` (the pattern Gateway API uses).
+const DURATION_PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
+
+/// An application instance outside Kubernetes' Pod model: a VM, a bare host, or a process on
+/// a laptop in local mode. A Service whose selector matches its labels gets it as an endpoint.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "Workload",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "mwl",
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.serviceAccount"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// IP address (v4 or v6) the workload is reached at.
+    #[schemars(length(min = 2, max = 45))]
+    pub address: String,
+    /// Named ports, so that a Service's `targetPort` can name them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<WorkloadPort>,
+    /// The identity the workload runs as (its SPIFFE ID is derived from the namespace and
+    /// this name, as for a Pod's service account). Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// Zone (failure domain), for zone-aware routing and metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Whether the workload takes traffic; `false` keeps it out of every Service. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Present when the workload runs a mesh proxy: peers then send it HTTP/2 (and later mTLS)
+    /// on the proxy's inbound port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<WorkloadProxy>,
+}
+
+/// A named port of a [`Workload`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct WorkloadPort {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+/// The mesh proxy in front of a [`Workload`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadProxy {
+    /// The proxy's inbound port. Default 4143.
+    #[serde(default = "default_inbound_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub inbound_port: u16,
+}
+
+impl Default for WorkloadProxy {
+    fn default() -> Self {
+        Self {
+            inbound_port: DEFAULT_INBOUND_PORT,
+        }
+    }
+}
+
+fn default_inbound_port() -> u16 {
+    DEFAULT_INBOUND_PORT
+}
+
+/// A port on the workloads a label selector picks, and the protocol spoken there.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "Server",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "msrv",
+    printcolumn = r#"{"name":"Port","type":"string","jsonPath":".spec.port"}"#,
+    printcolumn = r#"{"name":"Protocol","type":"string","jsonPath":".spec.protocol"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// Labels the Pods or Workloads must carry (all of them). Empty selects every workload in
+    /// the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Port number, or the name of a container (or Workload) port.
+    pub port: IntOrString,
+    /// What the proxy should expect on this port. Default `Detect`.
+    #[serde(default)]
+    pub protocol: ServerProtocol,
+}
+
+/// Protocol of a [`Server`] port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ServerProtocol {
+    /// Sniff the first bytes (HTTP/1, HTTP/2, else opaque TCP after a short wait).
+    #[default]
+    Detect,
+    #[serde(rename = "HTTP/1")]
+    Http1,
+    #[serde(rename = "HTTP/2")]
+    Http2,
+    #[serde(rename = "gRPC")]
+    Grpc,
+    /// Opaque TCP: no detection, no HTTP features (for server-speaks-first protocols).
+    Opaque,
+}
+
+/// Resilience for traffic to a Service, or to the rules of one route.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "BackendPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "mbp",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendPolicySpec {
+    /// What the policy applies to: a `Service` (every request to it), or an `HTTPRoute` or
+    /// `GRPCRoute` (requests matched by that route; only `retry` and `timeout` apply there).
+    pub target_ref: TargetRef,
+    /// Load-balancing algorithm. Default `PeakEWMA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Retry failed requests. Only safe requests are retried (idempotent methods, unless
+    /// `retryable` is set) and only within the retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Cap on retries as a share of requests. Default ratio 0.2, 10 retries/s, over 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudgetSpec>,
+    /// Eject endpoints that fail several times in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    /// Request timeout for routes that set none (covers retries). Gateway API duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub timeout: Option<String>,
+}
+
+/// A reference to the object a policy applies to, in the policy's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct TargetRef {
+    /// API group: empty (or `core`) for a Service, `gateway.networking.k8s.io` for routes.
+    #[serde(default)]
+    pub group: String,
+    /// `Service`, `HTTPRoute` or `GRPCRoute`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Load-balancing algorithm.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum LoadBalancer {
+    /// Power of two choices over peak-EWMA latency × load (Linkerd's algorithm).
+    #[default]
+    PeakEWMA,
+    RoundRobin,
+}
+
+/// When and how to retry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Retries after the first attempt. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: Option<u32>,
+    /// What is retried: `5xx`, `gateway-error` (502, 503, 504), `connect-failure`, `grpc`
+    /// (the codes in `grpcCodes`). Default `5xx` and `connect-failure`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<RetryOn>,
+    /// gRPC status codes retried when `on` has `grpc`. Default 14 (UNAVAILABLE).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grpc_codes: Vec<u32>,
+    /// First backoff (doubling, with jitter). Default 25ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub backoff: Option<String>,
+    /// Longest backoff. Default 250ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub max_backoff: Option<String>,
+    /// Retry whatever the method (for non-idempotent requests you know are safe to repeat).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retryable: bool,
+}
+
+/// A retry condition.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RetryOn {
+    #[serde(rename = "5xx")]
+    ServerError,
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// Retry budget: retries may add at most `ratio` of recent requests, plus a floor per second.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudgetSpec {
+    /// Share of requests that may be retries, 0 to 1. Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub ratio: Option<f64>,
+    /// Retries allowed per second whatever the ratio. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<u32>,
+    /// Window the ratio is computed over. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub ttl: Option<String>,
+}
+
+/// Circuit breaking by consecutive failures (outlier ejection).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreakerSpec {
+    /// Failures in a row (5xx, gateway errors, connect failures) that eject an endpoint.
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection time; it grows with each ejection of the same endpoint. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub base_ejection_time: Option<String>,
+    /// Longest ejection. Default 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub max_ejection_time: Option<String>,
+    /// At most this share of a service's endpoints is ejected at once. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// Status the controller writes on the mesh's kinds: conditions such as `Accepted`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+pub struct PolicyStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// Every CRD of the mesh, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![Workload::crd(), Server::crd(), BackendPolicy::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream, ready for `kubectl apply -f -`.
+pub fn crds_yaml() -> Result<String, serde_yaml_ng::Error> {
+    let mut out = String::from("# Generated by `mesh-controller crds`; do not edit.\n");
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_carry_validation() {
+        let yaml = crds_yaml().unwrap();
+        assert!(yaml.contains("name: backendpolicies.mesh.dev"));
+        assert!(yaml.contains("name: workloads.mesh.dev"));
+        assert!(yaml.contains("name: servers.mesh.dev"));
+        assert!(yaml.contains(DURATION_PATTERN), "duration pattern in schema");
+        assert!(yaml.contains("x-kubernetes-int-or-string"), "{yaml}");
+        assert!(yaml.contains("maximum: 65535"));
+    }
+
+    #[test]
+    fn objects_parse_from_yaml() {
+        let p: BackendPolicy = serde_yaml_ng::from_str(
+            r#"
+apiVersion: mesh.dev/v1alpha1
+kind: BackendPolicy
+metadata: {name: web, namespace: demo}
+spec:
+  targetRef: {kind: Service, name: web}
+  loadBalancer: RoundRobin
+  retry: {attempts: 3, on: [5xx, connect-failure], backoff: 10ms}
+  circuitBreaker: {consecutiveFailures: 3}
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.spec.load_balancer, Some(LoadBalancer::RoundRobin));
+        assert_eq!(p.spec.retry.as_ref().unwrap().attempts, Some(3));
+        let s: Server = serde_yaml_ng::from_str(
+            "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: db}\nspec: {port: 5432, protocol: Opaque}\n",
+        )
+        .unwrap();
+        assert_eq!(s.spec.port, IntOrString::Int(5432));
+        assert_eq!(s.spec.protocol, ServerProtocol::Opaque);
+        let bad = serde_yaml_ng::from_str::<Server>(
+            "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: db}\nspec: {port: 1, protocol: SMTP}\n",
+        );
+        assert!(bad.is_err());
+    }
+}
