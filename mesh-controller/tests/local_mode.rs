@@ -1,0 +1,288 @@
+//! Local mode end to end: the real controller binary reading a directory, real proxies
+//! (in-process `mesh-proxy`), real upstream servers and real traffic over 127.0.0.1.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mesh_proto::v1::destination_update::Update;
+use support::*;
+
+fn route_yaml(v1: u32, v2: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web-split}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web, port: 80}}]
+  rules:
+  - backendRefs:
+    - {{name: web-v1, port: 80, weight: {v1}}}
+    - {{name: web-v2, port: 80, weight: {v2}}}
+"#
+    )
+}
+
+fn services(a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
+    let mut s = service_yaml("web", "app: web", 80);
+    s += &service_yaml("web-v1", "app: web, version: v1", 80);
+    s += &service_yaml("web-v2", "app: web, version: v2", 80);
+    s += &workload_yaml("web-a", "app: web, version: v1", a);
+    s += &workload_yaml("web-b", "app: web, version: v2", b);
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_stream_follows_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "web.yaml",
+        &(service_yaml("web", "app: web", 80)
+            + &workload_yaml("web-1", "app: web", "127.0.0.1:1001".parse().unwrap())),
+    );
+    let ctl = Controller::start_fresh(dir.path());
+    ctl.ready().await;
+
+    let mut s = destination(ctl.grpc, "web.default.svc.cluster.local:80").await;
+    match next(&mut s).await {
+        Update::State(st) => {
+            assert_eq!(st.endpoints.len(), 1);
+            assert_eq!(st.endpoints[0].address.as_ref().unwrap().port, 1001);
+            assert!(
+                st.endpoints[0].identity.ends_with("/ns/default/sa/default"),
+                "{:?}",
+                st.endpoints[0].identity
+            );
+        }
+        other => panic!("expected the full state first, got {other:?}"),
+    }
+    // Short names resolve in the proxy's namespace, too.
+    let mut short = destination(ctl.grpc, "web:80").await;
+    assert!(matches!(next(&mut short).await, Update::State(_)));
+    let mut missing = destination(ctl.grpc, "nope:80").await;
+    assert!(matches!(next(&mut missing).await, Update::NotFound(_)));
+
+    // A workload registers by file: an incremental add, within a second.
+    let t = Instant::now();
+    write(
+        dir.path(),
+        "web-2.yaml",
+        &workload_yaml("web-2", "app: web", "127.0.0.1:1002".parse().unwrap()),
+    );
+    match next(&mut s).await {
+        Update::Add(a) => {
+            assert_eq!(a.endpoints.len(), 1);
+            assert_eq!(a.endpoints[0].address.as_ref().unwrap().port, 1002);
+        }
+        other => panic!("expected an add, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+
+    // It leaves by deleting its file.
+    std::fs::remove_file(dir.path().join("web-2.yaml")).unwrap();
+    match next(&mut s).await {
+        Update::Remove(r) => assert_eq!(r.addresses[0].port, 1002),
+        other => panic!("expected a remove, got {other:?}"),
+    }
+
+    // A route and a policy change the profile.
+    write(
+        dir.path(),
+        "policy.yaml",
+        "apiVersion: mesh.dev/v1alpha1\nkind: BackendPolicy\nmetadata: {name: web}\nspec:\n  targetRef: {kind: Service, name: web}\n  loadBalancer: RoundRobin\n  timeout: 2s\n  retry: {attempts: 3}\n",
+    );
+    match next(&mut s).await {
+        Update::Profile(p) => {
+            let policy = p.policy.unwrap();
+            assert_eq!(policy.balancer, mesh_proto::v1::Balancer::RoundRobin as i32);
+            assert_eq!(p.routes.len(), 1, "the default route carries retry and timeout");
+            assert_eq!(p.routes[0].timeout_ms, 2000);
+            assert_eq!(p.routes[0].retry.as_ref().unwrap().max_retries, 3);
+        }
+        other => panic!("expected a profile, got {other:?}"),
+    }
+    // The missing Service appears: the waiting stream gets its state.
+    write(dir.path(), "nope.yaml", &service_yaml("nope", "app: web", 80));
+    assert!(matches!(next(&mut missing).await, Update::State(_)));
+
+    let metrics = http_get(ctl.admin, "localhost", "/metrics").await.unwrap().body;
+    assert!(metrics.contains("mesh_controller_streams_open{api=\"destination\"} 3"), "{metrics}");
+    assert!(metrics.contains("mesh_controller_index_objects{kind=\"Workload\"} 1"), "{metrics}");
+}
+
+/// Sends requests through `proxy` at a steady pace until `stop`; counts answers per body.
+async fn load(
+    outbound: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match http_get(outbound, "web:80", "/").await {
+            Ok(r) if r.status == 200 => {
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r) => {
+                eprintln!("failed request: {} {}", r.status, r.body);
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                eprintln!("failed request: {e}");
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_route_moves_live_traffic_without_failures_and_a_broken_file_changes_nothing() {
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", &services(v1.addr, v2.addr));
+    write(dir.path(), "route.yaml", &route_yaml(100, 0));
+    let ctl = Controller::start_fresh(dir.path());
+    ctl.ready().await;
+    let client = proxy(ctl.grpc, "ns:default/workload:client").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        loaders.push(tokio::spawn(load(
+            client.outbound_addr,
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        )));
+    }
+    wait_for("traffic to v1", || v1.hits.load(Ordering::Relaxed) >= 50).await;
+    assert_eq!(v2.hits.load(Ordering::Relaxed), 0, "weight 0 gets nothing");
+
+    // Flip the split: all traffic moves to v2, no request fails.
+    write(dir.path(), "route.yaml", &route_yaml(0, 100));
+    wait_for("traffic to v2", || v2.hits.load(Ordering::Relaxed) >= 50).await;
+    let v1_after = v1.hits.load(Ordering::Relaxed);
+
+    // A broken edit is reported with the file and field and changes nothing.
+    write(
+        dir.path(),
+        "route.yaml",
+        &route_yaml(0, 100).replace("weight: 100", "weight: lots"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let st = ctl.status().await;
+        if st["rejectedFiles"].as_object().is_some_and(|m| !m.is_empty()) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the broken file was not reported: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (file, error) = status["rejectedFiles"].as_object().unwrap().iter().next().unwrap();
+    assert!(file.ends_with("route.yaml"), "{file}");
+    let error = error.as_str().unwrap();
+    assert!(
+        error.contains("spec.rules[0].backendRefs[1].weight"),
+        "error names the field: {error}"
+    );
+    let v2_before = v2.hits.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(v2.hits.load(Ordering::Relaxed) > v2_before + 20, "traffic still flows to v2");
+    assert!(
+        v1.hits.load(Ordering::Relaxed) <= v1_after + 4,
+        "the old split stays in force"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("requests: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "no request may fail while routes change");
+    assert!(ok > 200);
+    client.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_routing_without_the_controller_and_resume_when_it_returns() {
+    let v1 = upstream("v1").await;
+    let v2 = upstream("v2").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", &services(v1.addr, v2.addr));
+    write(dir.path(), "route.yaml", &route_yaml(100, 0));
+    let mut ctl = Controller::start_fresh(dir.path());
+    ctl.ready().await;
+    let (grpc, admin) = (ctl.grpc, ctl.admin);
+    let client = proxy(grpc, "ns:default/workload:client").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        loaders.push(tokio::spawn(load(
+            client.outbound_addr,
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        )));
+    }
+    wait_for("traffic to v1", || v1.hits.load(Ordering::Relaxed) >= 50).await;
+
+    // SIGKILL the controller: traffic keeps flowing on the last state.
+    ctl.kill();
+    let before = v1.hits.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(v1.hits.load(Ordering::Relaxed) > before + 50, "traffic continues");
+
+    // Change the config while it is down, then restart it on the same port.
+    write(dir.path(), "route.yaml", &route_yaml(0, 100));
+    let ctl2 = Controller::start(dir.path(), grpc, admin);
+    ctl2.ready().await;
+    wait_for("streams to resume with the new split", || {
+        v2.hits.load(Ordering::Relaxed) >= 50
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("requests: {ok} ok, {failed} failed");
+    assert_eq!(failed, 0, "losing the controller must not fail requests");
+    client.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_start_arguments_are_named() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
+        .args(["--config-dir", "/nonexistent/mesh", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--config-dir /nonexistent/mesh is not a directory"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("backendpolicies.mesh.dev"));
+}
