@@ -9,9 +9,9 @@ use mesh_proto::v1 as pb;
 
 use crate::route::ValueMatch;
 use crate::{
-    BackendPolicy, BalancerKind, Endpoint, HeaderMatch, Identity, InvalidValue, PathMatch, Pattern,
-    ProtocolHint, QueryParamMatch, RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch,
-    ServiceProfile, WeightedBackend,
+    BackendPolicy, BalancerKind, CircuitBreaker, Endpoint, HeaderMatch, HeaderModifier,
+    HeaderValue, Identity, InvalidValue, PathMatch, Pattern, ProtocolHint, QueryParamMatch,
+    RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch, ServiceProfile, WeightedBackend,
 };
 
 pub fn addr_from_proto(a: &pb::TcpAddress) -> Result<SocketAddr, InvalidValue> {
@@ -332,6 +332,46 @@ impl From<&RetryPolicy> for pb::RetryPolicy {
     }
 }
 
+impl TryFrom<&pb::HeaderModifier> for HeaderModifier {
+    type Error = InvalidValue;
+
+    fn try_from(m: &pb::HeaderModifier) -> Result<Self, Self::Error> {
+        let values = |list: &[pb::HeaderValue]| {
+            list.iter()
+                .map(|h| HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect()
+        };
+        let modifier = HeaderModifier {
+            set: values(&m.set),
+            add: values(&m.add),
+            remove: m.remove.clone(),
+        };
+        modifier.validate()?;
+        Ok(modifier)
+    }
+}
+
+impl From<&HeaderModifier> for pb::HeaderModifier {
+    fn from(m: &HeaderModifier) -> Self {
+        let values = |list: &[HeaderValue]| {
+            list.iter()
+                .map(|h| pb::HeaderValue {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect()
+        };
+        pb::HeaderModifier {
+            set: values(&m.set),
+            add: values(&m.add),
+            remove: m.remove.clone(),
+        }
+    }
+}
+
 impl TryFrom<&pb::Route> for Route {
     type Error = InvalidValue;
 
@@ -367,6 +407,13 @@ impl TryFrom<&pb::Route> for Route {
                 .transpose()
                 .map_err(|e| e.within("retry"))?,
             retryable: r.retryable,
+            request_headers: r
+                .request_headers
+                .as_ref()
+                .map(HeaderModifier::try_from)
+                .transpose()
+                .map_err(|e| e.within("request_headers"))?
+                .unwrap_or_default(),
         };
         route.validate()?;
         Ok(route)
@@ -393,6 +440,8 @@ impl From<&Route> for pb::Route {
                 .max(u32::from(r.timeout.is_some())),
             retry: r.retry.as_ref().map(Into::into),
             retryable: r.retryable,
+            request_headers: (!r.request_headers.is_empty())
+                .then(|| pb::HeaderModifier::from(&r.request_headers)),
         }
     }
 }
@@ -423,6 +472,12 @@ impl TryFrom<&pb::BackendPolicy> for BackendPolicy {
         let policy = BackendPolicy {
             balancer,
             retry_budget,
+            circuit_breaker: p
+                .circuit_breaker
+                .as_ref()
+                .map(CircuitBreaker::try_from)
+                .transpose()
+                .map_err(|e| e.within("circuit_breaker"))?,
         };
         policy.validate()?;
         Ok(policy)
@@ -441,6 +496,41 @@ impl From<&BackendPolicy> for pb::BackendPolicy {
                 min_retries_per_second: p.retry_budget.min_retries_per_second,
                 ttl_ms: ms(p.retry_budget.ttl),
             }),
+            circuit_breaker: p.circuit_breaker.as_ref().map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<&pb::CircuitBreaker> for CircuitBreaker {
+    type Error = InvalidValue;
+
+    /// Zero `consecutive_failures`, `base_ejection_ms` and `max_ejection_ms` take the
+    /// defaults; `max_ejected_percent` is taken as given.
+    fn try_from(c: &pb::CircuitBreaker) -> Result<Self, Self::Error> {
+        let defaults = CircuitBreaker::default();
+        let cb = CircuitBreaker {
+            consecutive_failures: if c.consecutive_failures == 0 {
+                defaults.consecutive_failures
+            } else {
+                c.consecutive_failures
+            },
+            base_ejection: ms_or(c.base_ejection_ms, defaults.base_ejection),
+            max_ejection: ms_or(c.max_ejection_ms, defaults.max_ejection),
+            max_ejected_percent: c.max_ejected_percent,
+        };
+        cb.validate()?;
+        Ok(cb)
+    }
+}
+
+impl From<&CircuitBreaker> for pb::CircuitBreaker {
+    fn from(c: &CircuitBreaker) -> Self {
+        pb::CircuitBreaker {
+            consecutive_failures: c.consecutive_failures,
+            // Never 0, which would mean the default.
+            base_ejection_ms: ms(c.base_ejection).max(1),
+            max_ejection_ms: ms(c.max_ejection).max(1),
+            max_ejected_percent: c.max_ejected_percent,
         }
     }
 }
@@ -508,7 +598,15 @@ routes:
     timeout: 1500ms
     retry: { max_retries: 3, on: [5xx, grpc], grpc_codes: [4, 14] }
     retryable: true
-policy: { balancer: round_robin, retry_budget: { ratio: 0.5, min_retries_per_second: 3, ttl: 5s } }
+    request_headers:
+      set: [ { name: x-env, value: prod }, { name: X-Empty } ]
+      add: [ { name: x-via, value: "mesh, proxy" } ]
+      remove: [ x-debug ]
+  - name: rest
+policy:
+  balancer: round_robin
+  retry_budget: { ratio: 0.5, min_retries_per_second: 3, ttl: 5s }
+  circuit_breaker: { consecutive_failures: 3, base_ejection: 1500ms, max_ejection: 1m, max_ejected_percent: 0 }
 "#;
         let p: ServiceProfile = serde_yaml_ng::from_str(yaml).unwrap();
         p.validate().unwrap();
@@ -534,7 +632,108 @@ policy: { balancer: round_robin, retry_budget: { ratio: 0.5, min_retries_per_sec
         assert_eq!(err.field, "routes[0].backends[0].authority");
     }
 
+    #[test]
+    fn absent_fields_take_defaults() {
+        let msg = pb::ServiceProfile {
+            routes: vec![pb::Route {
+                name: "r".into(),
+                ..Default::default()
+            }],
+            policy: Some(pb::BackendPolicy {
+                circuit_breaker: Some(pb::CircuitBreaker {
+                    max_ejected_percent: 30,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let p = ServiceProfile::try_from(&msg).unwrap();
+        assert!(p.routes[0].request_headers.is_empty());
+        assert_eq!(
+            p.policy.circuit_breaker,
+            Some(CircuitBreaker {
+                max_ejected_percent: 30,
+                ..CircuitBreaker::default()
+            })
+        );
+        // No circuit breaker message: off. An empty modifier is not sent at all.
+        let p = ServiceProfile::try_from(&pb::ServiceProfile {
+            routes: vec![],
+            policy: Some(pb::BackendPolicy::default()),
+        })
+        .unwrap();
+        assert_eq!(p.policy.circuit_breaker, None);
+        let route = Route::try_from(&msg.routes[0]).unwrap();
+        assert_eq!(pb::Route::from(&route).request_headers, None);
+    }
+
+    #[test]
+    fn invalid_header_modifier_and_circuit_breaker_name_the_field() {
+        let msg = pb::ServiceProfile {
+            routes: vec![pb::Route {
+                name: "r".into(),
+                request_headers: Some(pb::HeaderModifier {
+                    set: vec![pb::HeaderValue {
+                        name: "x-ok".into(),
+                        value: "fine".into(),
+                    }],
+                    add: vec![pb::HeaderValue {
+                        name: "x-bad".into(),
+                        value: "line\r\nbreak".into(),
+                    }],
+                    remove: vec![],
+                }),
+                ..Default::default()
+            }],
+            policy: None,
+        };
+        let err = ServiceProfile::try_from(&msg).unwrap_err();
+        assert_eq!(err.field, "routes[0].request_headers.add[0].value");
+        let msg = pb::Route {
+            name: "r".into(),
+            request_headers: Some(pb::HeaderModifier {
+                remove: vec!["ok".into(), "bad name".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = Route::try_from(&msg).unwrap_err();
+        assert_eq!(err.field, "request_headers.remove[1]");
+        let msg = pb::BackendPolicy {
+            circuit_breaker: Some(pb::CircuitBreaker {
+                base_ejection_ms: 60_000,
+                max_ejection_ms: 1_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = BackendPolicy::try_from(&msg).unwrap_err();
+        assert_eq!(err.field, "circuit_breaker.max_ejection");
+        let msg = pb::BackendPolicy {
+            circuit_breaker: Some(pb::CircuitBreaker {
+                max_ejected_percent: 101,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let err = BackendPolicy::try_from(&msg).unwrap_err();
+        assert_eq!(err.field, "circuit_breaker.max_ejected_percent");
+    }
+
     proptest! {
+        #[test]
+        fn circuit_breaker_round_trips(failures in 1u32..100, base_ms in 1u64..100_000, extra_ms in 0u64..1_000_000, percent in 0u32..=100) {
+            let cb = CircuitBreaker {
+                consecutive_failures: failures,
+                base_ejection: Duration::from_millis(base_ms),
+                max_ejection: Duration::from_millis(base_ms + extra_ms),
+                max_ejected_percent: percent,
+            };
+            cb.validate().unwrap();
+            let back = CircuitBreaker::try_from(&pb::CircuitBreaker::from(&cb)).unwrap();
+            prop_assert_eq!(cb, back);
+        }
+
         #[test]
         fn endpoint_round_trips(a in any::<[u8; 4]>(), port in 1u16.., weight in 1u32..1000, meshed in any::<Option<u16>>()) {
             let mut e = Endpoint::new(SocketAddr::from((a, port)));

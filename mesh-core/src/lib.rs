@@ -17,8 +17,8 @@ pub use authority::Authority;
 pub use endpoint::{Endpoint, ProtocolHint};
 pub use error::InvalidValue;
 pub use identity::Identity;
-pub use policy::{BackendPolicy, BalancerKind, RetryBudget, RetryOn, RetryPolicy};
+pub use policy::{BackendPolicy, BalancerKind, CircuitBreaker, RetryBudget, RetryOn, RetryPolicy};
 pub use route::{
-    HeaderMatch, PathMatch, Pattern, QueryParamMatch, Route, RouteMatch, ServiceProfile,
-    WeightedBackend,
+    HeaderMatch, HeaderModifier, HeaderValue, PathMatch, Pattern, QueryParamMatch, Route,
+    RouteMatch, ServiceProfile, WeightedBackend,
 };

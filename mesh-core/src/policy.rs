@@ -1,4 +1,5 @@
-//! Resilience policy: retries, the retry budget and the load balancer choice.
+//! Resilience policy: retries, the retry budget, the load balancer choice and circuit
+//! breaking (ejection of failing endpoints).
 
 use std::time::Duration;
 
@@ -164,19 +165,96 @@ pub enum BalancerKind {
     RoundRobin,
 }
 
+/// Circuit breaking by outlier ejection (Envoy's consecutive-5xx detection): an endpoint
+/// that fails `consecutive_failures` requests in a row is taken out of load balancing for
+/// `base_ejection` times the number of times it has been ejected, at most `max_ejection`;
+/// unless more than `max_ejected_percent` of the service's endpoints would then be out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Failures in a row (no success between them) that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// Length of the first ejection; the n-th ejection lasts n times as long.
+    #[serde(with = "crate::policy::duration_text")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(with = "crate::policy::duration_text")]
+    pub max_ejection: Duration,
+    /// Most endpoints (in percent of the service's) that may be ejected at once.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for CircuitBreaker {
+    /// Envoy's outlier detection defaults (with a 50% cap instead of Envoy's 10%, so that
+    /// small services can eject one endpoint).
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+impl CircuitBreaker {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        if self.consecutive_failures == 0 {
+            return Err(InvalidValue::new(
+                "consecutive_failures",
+                "must be at least 1",
+            ));
+        }
+        if self.base_ejection < Duration::from_millis(1) {
+            return Err(InvalidValue::new("base_ejection", "must be at least 1ms"));
+        }
+        if self.max_ejection < self.base_ejection {
+            return Err(InvalidValue::new(
+                "max_ejection",
+                format!(
+                    "{} is shorter than base_ejection {}",
+                    humantime::format_duration(self.max_ejection),
+                    humantime::format_duration(self.base_ejection)
+                ),
+            ));
+        }
+        if self.max_ejected_percent > 100 {
+            return Err(InvalidValue::new(
+                "max_ejected_percent",
+                format!("{} is not between 0 and 100", self.max_ejected_percent),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long the `n`-th ejection (counting from 1) of an endpoint lasts.
+    pub fn ejection_time(&self, n: u32) -> Duration {
+        self.base_ejection
+            .saturating_mul(n.max(1))
+            .min(self.max_ejection)
+    }
+}
+
 /// Policy for reaching a service's endpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendPolicy {
     pub balancer: BalancerKind,
     pub retry_budget: RetryBudget,
+    /// Ejection of failing endpoints; `None` (the default) turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 impl BackendPolicy {
     pub fn validate(&self) -> Result<(), InvalidValue> {
         self.retry_budget
             .validate()
-            .map_err(|e| e.within("retry_budget"))
+            .map_err(|e| e.within("retry_budget"))?;
+        if let Some(cb) = &self.circuit_breaker {
+            cb.validate().map_err(|e| e.within("circuit_breaker"))?;
+        }
+        Ok(())
     }
 }
 
@@ -251,6 +329,56 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(b.validate().unwrap_err().field, "retry_budget.ttl");
+    }
+
+    #[test]
+    fn circuit_breaker_defaults_validation_and_ejection_times() {
+        let p: BackendPolicy = serde_yaml_ng::from_str("balancer: round_robin\n").unwrap();
+        assert_eq!(p.circuit_breaker, None, "off unless configured");
+        let p: BackendPolicy = serde_yaml_ng::from_str("circuit_breaker: {}\n").unwrap();
+        let cb = p.circuit_breaker.unwrap();
+        assert_eq!(cb, CircuitBreaker::default());
+        assert_eq!(cb.consecutive_failures, 5);
+        assert_eq!(cb.base_ejection, Duration::from_secs(30));
+        assert_eq!(cb.max_ejection, Duration::from_secs(300));
+        assert_eq!(cb.max_ejected_percent, 50);
+        p.validate().unwrap();
+        assert_eq!(cb.ejection_time(1), Duration::from_secs(30));
+        assert_eq!(cb.ejection_time(3), Duration::from_secs(90));
+        assert_eq!(cb.ejection_time(11), Duration::from_secs(300));
+        assert_eq!(cb.ejection_time(u32::MAX), Duration::from_secs(300));
+
+        let p: BackendPolicy = serde_yaml_ng::from_str(
+            "circuit_breaker: { consecutive_failures: 2, base_ejection: 250ms, max_ejection: 1s, max_ejected_percent: 100 }\n",
+        )
+        .unwrap();
+        p.validate().unwrap();
+        let yaml = serde_yaml_ng::to_string(&p).unwrap();
+        assert!(yaml.contains("base_ejection: 250ms"), "{yaml}");
+        assert_eq!(serde_yaml_ng::from_str::<BackendPolicy>(&yaml).unwrap(), p);
+
+        for (yaml, field) in [
+            (
+                "{ consecutive_failures: 0 }",
+                "circuit_breaker.consecutive_failures",
+            ),
+            ("{ base_ejection: 0s }", "circuit_breaker.base_ejection"),
+            (
+                "{ base_ejection: 1m, max_ejection: 10s }",
+                "circuit_breaker.max_ejection",
+            ),
+            (
+                "{ max_ejected_percent: 101 }",
+                "circuit_breaker.max_ejected_percent",
+            ),
+        ] {
+            let p: BackendPolicy =
+                serde_yaml_ng::from_str(&format!("circuit_breaker: {yaml}\n")).unwrap();
+            assert_eq!(p.validate().unwrap_err().field, field, "{yaml}");
+        }
+        assert!(
+            serde_yaml_ng::from_str::<BackendPolicy>("circuit_breaker: { failures: 3 }\n").is_err()
+        );
     }
 
     #[test]

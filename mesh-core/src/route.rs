@@ -306,6 +306,96 @@ fn one() -> u32 {
     1
 }
 
+/// A header name and value, for [`HeaderModifier`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderValue {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+/// Headers that a [`HeaderModifier`] may not touch: the hop-by-hop headers (they describe
+/// one connection, and the proxy manages them), `host` (it names the destination),
+/// `content-length` (it frames the body) and the mesh's own `mesh-orig-proto`.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "mesh-orig-proto",
+];
+
+/// Changes to a request's headers on a route (Gateway API `RequestHeaderModifier`):
+/// `set` replaces any values of the header, `add` appends a value, `remove` deletes the
+/// header. Names are case-insensitive; when a name appears twice in `set` or in `add`, the
+/// first entry counts and the others are ignored (as Gateway API specifies).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderModifier {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValue>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderModifier {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        for (list, values) in [("set", &self.set), ("add", &self.add)] {
+            for (i, h) in values.iter().enumerate() {
+                validate_modified_name(&h.name)
+                    .map_err(|e| e.within(format!("{list}[{i}].name")))?;
+                if http::HeaderValue::from_bytes(h.value.as_bytes()).is_err() {
+                    return Err(InvalidValue::new(
+                        format!("{list}[{i}].value"),
+                        format!(
+                            "{:?} is not a valid header value (no control characters such as CR or LF)",
+                            h.value
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, name) in self.remove.iter().enumerate() {
+            validate_modified_name(name).map_err(|e| e.within(format!("remove[{i}]")))?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_modified_name(name: &str) -> Result<(), InvalidValue> {
+    if name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(InvalidValue::new(
+            "",
+            format!("'{name}' is not a valid header name"),
+        ));
+    }
+    if let Some(r) = RESERVED_HEADERS
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(name))
+    {
+        return Err(InvalidValue::new(
+            "",
+            format!("the '{r}' header is managed by the proxy and cannot be modified"),
+        ));
+    }
+    Ok(())
+}
+
 /// A route: which requests it takes, where they go, and the policy on the way.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,6 +418,9 @@ pub struct Route {
     /// Requests on this route may be retried whatever their method.
     #[serde(default)]
     pub retryable: bool,
+    /// Changes to the request's headers before it is forwarded.
+    #[serde(default, skip_serializing_if = "HeaderModifier::is_empty")]
+    pub request_headers: HeaderModifier,
 }
 
 impl Route {
@@ -376,7 +469,9 @@ impl Route {
         if let Some(r) = &self.retry {
             r.validate().map_err(|e| e.within("retry"))?;
         }
-        Ok(())
+        self.request_headers
+            .validate()
+            .map_err(|e| e.within("request_headers"))
     }
 
     /// Picks a backend by weight given a uniformly random `roll`. `None` when the route has no
@@ -520,6 +615,68 @@ retry: { max_retries: 1 }
         assert_eq!(p.validate().unwrap_err().field, "routes[1].name");
     }
 
+    #[test]
+    fn header_modifier_reads_from_yaml_and_validates() {
+        let r: Route = serde_yaml_ng::from_str(
+            r#"
+name: r
+request_headers:
+  set: [ { name: X-Env, value: prod } ]
+  add: [ { name: x-via, value: mesh }, { name: x-empty } ]
+  remove: [ x-debug, Cookie ]
+"#,
+        )
+        .unwrap();
+        r.validate().unwrap();
+        assert_eq!(
+            r.request_headers.set,
+            vec![HeaderValue {
+                name: "X-Env".into(),
+                value: "prod".into()
+            }]
+        );
+        assert_eq!(r.request_headers.add[1].value, "");
+        assert_eq!(r.request_headers.remove, vec!["x-debug", "Cookie"]);
+        // Empty modifiers are left out of the serialised form.
+        let plain: Route = serde_yaml_ng::from_str("name: r\n").unwrap();
+        assert!(plain.request_headers.is_empty());
+        assert!(!serde_json::to_string(&plain)
+            .unwrap()
+            .contains("request_headers"));
+        assert!(
+            serde_yaml_ng::from_str::<Route>("name: r\nrequest_headers: { replace: [] }\n")
+                .is_err()
+        );
+
+        let bad = |yaml: &str| {
+            let r: Route = serde_yaml_ng::from_str(yaml).unwrap();
+            let e = r.validate().unwrap_err();
+            (e.field, e.reason)
+        };
+        let (field, reason) =
+            bad("name: r\nrequest_headers: { set: [ { name: 'x y', value: v } ] }\n");
+        assert_eq!(field, "request_headers.set[0].name");
+        assert!(reason.contains("not a valid header name"), "{reason}");
+        let (field, _) = bad("name: r\nrequest_headers: { add: [ { value: v } ] }\n");
+        assert_eq!(field, "request_headers.add[0].name");
+        let (field, _) =
+            bad("name: r\nrequest_headers: { add: [ { name: x, value: \"a\\nb\" } ] }\n");
+        assert_eq!(field, "request_headers.add[0].value");
+        for reserved in [
+            "Host",
+            "connection",
+            "Transfer-Encoding",
+            "content-length",
+            "te",
+        ] {
+            let (field, reason) = bad(&format!(
+                "name: r\nrequest_headers: {{ remove: [ ok, {reserved} ] }}\n"
+            ));
+            assert_eq!(field, "request_headers.remove[1]");
+            assert!(reason.contains("managed by the proxy"), "{reason}");
+        }
+    }
+
     proptest! {
         /// Over every roll, each backend gets exactly its weight's share.
         #[test]
@@ -535,6 +692,7 @@ retry: { max_retries: 1 }
                 timeout: None,
                 retry: None,
                 retryable: false,
+                request_headers: HeaderModifier::default(),
             };
             let total: u32 = weights.iter().sum();
             let mut counts = vec![0u32; weights.len()];

@@ -2,7 +2,8 @@
 //! - `GET /live`: the process is up.
 //! - `GET /ready`: 200 once discovery is up (503 before, and while shutting down).
 //! - `GET /metrics`: Prometheus text.
-//! - `GET /config`: the routing state (destinations, routes, endpoints and their load) as JSON.
+//! - `GET /config`: the routing state (destinations, routes, endpoints with their load and
+//!   circuit-breaker state) as JSON.
 //! - `GET /log-level`, `PUT /log-level` (body: a tracing filter such as `debug` or
 //!   `info,mesh_proxy=trace`): read or change the log filter at runtime.
 //! - `POST /shutdown`: graceful shutdown, for jobs that finish. Accepted from loopback only.
@@ -155,15 +156,20 @@ impl Admin {
                 Resolution::NotFound => "not_found",
                 Resolution::Found => "found",
             };
+            let now = std::time::Instant::now();
             let endpoints: Vec<serde_json::Value> = d
                 .balancer
                 .snapshot()
                 .iter()
                 .map(|h| {
+                    let ejected_for = h.ejected_for(now);
                     serde_json::json!({
                         "endpoint": h.endpoint,
                         "in_flight": h.in_flight(),
                         "latency_ewma_ms": (h.ewma_ms() * 1000.0).round() / 1000.0,
+                        "consecutive_failures": h.consecutive_failures(),
+                        "ejected": ejected_for.is_some(),
+                        "ejected_for_ms": ejected_for.map(|t| t.as_millis() as u64),
                     })
                 })
                 .collect();

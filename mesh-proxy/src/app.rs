@@ -76,7 +76,7 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
             (r, Arc::new(move || probe.connected()))
         }
     };
-    let dests = Arc::new(Destinations::new(resolver));
+    let dests = Arc::new(Destinations::new(resolver, metrics.clone()));
     let client = Arc::new(Client::new(cfg.connect_timeout, cfg.http_idle_timeout));
     let outbound = Arc::new(Outbound::new(
         dests.clone(),

@@ -11,6 +11,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::forward::EndpointReport;
 use crate::metrics::{Class, Metrics, RequestLabels};
 
 /// Error of a proxied body.
@@ -24,37 +25,70 @@ pub enum ProxyBody {
     Grpc(Box<GrpcBody>),
 }
 
-/// A gRPC response body that records the request in the metrics once its `grpc-status`
-/// trailer arrives (a stream that ends or is dropped without one counts as a failure).
+/// A gRPC response body whose `grpc-status` comes in its trailers. When the status arrives
+/// the request is recorded in the metrics (a stream that ends or is dropped without one
+/// counts as a failure) and, with circuit breaking on, reported to its endpoint's breaker
+/// (a stream that fails counts as a failure there; one the client drops counts as nothing).
 pub struct GrpcBody {
     inner: Incoming,
-    metrics: Arc<Metrics>,
-    labels: RequestLabels,
-    done: bool,
+    metrics: Option<(Arc<Metrics>, RequestLabels)>,
+    report: Option<EndpointReport>,
+}
+
+/// How a gRPC response stream ended.
+enum End<'a> {
+    Trailers(&'a HeaderMap),
+    /// Without trailers, or with an error.
+    Broken,
+    Dropped,
 }
 
 impl GrpcBody {
     pub fn new(inner: Incoming, metrics: Arc<Metrics>, labels: RequestLabels) -> Self {
         Self {
             inner,
-            metrics,
-            labels,
-            done: false,
+            metrics: Some((metrics, labels)),
+            report: None,
         }
     }
 
-    fn finish(&mut self, class: Class) {
-        if !self.done {
-            self.done = true;
-            self.labels.classification = class;
-            self.metrics.requests.get_or_create(&self.labels).inc();
+    /// A body whose status is reported to the circuit breaker of the endpoint it came from.
+    pub fn for_endpoint(inner: Incoming, report: EndpointReport) -> Self {
+        Self {
+            inner,
+            metrics: None,
+            report: Some(report),
+        }
+    }
+
+    /// Also records the request in the metrics when the status arrives.
+    pub fn count_in(&mut self, metrics: Arc<Metrics>, labels: RequestLabels) {
+        self.metrics = Some((metrics, labels));
+    }
+
+    fn finish(&mut self, end: End<'_>) {
+        let status = match end {
+            End::Trailers(t) => t.get("grpc-status"),
+            End::Broken | End::Dropped => None,
+        };
+        if let Some((metrics, mut labels)) = self.metrics.take() {
+            let ok = status.is_some_and(|v| v.as_bytes() == b"0");
+            labels.classification = if ok { Class::Success } else { Class::Failure };
+            metrics.requests.get_or_create(&labels).inc();
+        }
+        if let Some(report) = self.report.take() {
+            match (status, end) {
+                (Some(s), _) => report.grpc_status(s.as_bytes()),
+                (None, End::Broken) => report.failure(),
+                (None, _) => {}
+            }
         }
     }
 }
 
 impl Drop for GrpcBody {
     fn drop(&mut self) {
-        self.finish(Class::Failure);
+        self.finish(End::Dropped);
     }
 }
 
@@ -92,11 +126,10 @@ impl Body for ProxyBody {
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(t) = frame.trailers_ref() {
-                            let ok = t.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0");
-                            g.finish(if ok { Class::Success } else { Class::Failure });
+                            g.finish(End::Trailers(t));
                         }
                     }
-                    Poll::Ready(_) => g.finish(Class::Failure),
+                    Poll::Ready(_) => g.finish(End::Broken),
                     Poll::Pending => {}
                 }
                 polled.map_err(Into::into)

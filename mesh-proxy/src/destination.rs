@@ -14,7 +14,10 @@ use tower::retry::budget::TpsBudget;
 
 use crate::balance::Balancer;
 use crate::error::ProxyError;
-use crate::metrics::Str;
+use crate::headers::HeaderOps;
+use crate::metrics::{AuthorityLabels, Metrics, Str};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// What discovery said about a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +47,8 @@ pub struct Profile {
     pub profile: ServiceProfile,
     /// Metric label of each route, by index.
     pub route_labels: Vec<Str>,
+    /// Parsed request header modifier of each route, by index.
+    pub request_headers: Vec<HeaderOps>,
 }
 
 impl Profile {
@@ -53,9 +58,15 @@ impl Profile {
             .iter()
             .map(|r| Str::from(r.name.as_str()))
             .collect();
+        let request_headers = profile
+            .routes
+            .iter()
+            .map(|r| HeaderOps::new(&r.request_headers))
+            .collect();
         Self {
             profile,
             route_labels,
+            request_headers,
         }
     }
 }
@@ -67,10 +78,13 @@ pub struct Destination {
     profile: ArcSwap<Profile>,
     pub balancer: Balancer,
     budget: ArcSwap<TpsBudget>,
+    /// Where the balancer's ejections are counted (its series is created on first use).
+    ejections: Family<AuthorityLabels, Counter>,
 }
 
 impl Destination {
-    pub fn new(authority: Authority) -> Self {
+    /// A destination whose endpoint ejections are counted in `metrics`.
+    pub fn new(authority: Authority, metrics: &Metrics) -> Self {
         let label = Str::from(authority.as_str());
         let profile = ServiceProfile::default();
         let budget = budget_for(&profile);
@@ -81,6 +95,7 @@ impl Destination {
             profile: ArcSwap::from_pointee(Profile::new(profile)),
             balancer: Balancer::default(),
             budget: ArcSwap::from_pointee(budget),
+            ejections: metrics.endpoint_ejections.clone(),
         }
     }
 
@@ -141,6 +156,15 @@ impl Destination {
             self.budget.store(Arc::new(budget_for(&profile)));
         }
         self.balancer.set_kind(profile.policy.balancer);
+        if profile.policy.circuit_breaker.is_some() && !self.balancer.has_ejection_counter() {
+            let labels = AuthorityLabels {
+                authority: self.label.clone(),
+            };
+            self.balancer
+                .set_ejection_counter(self.ejections.get_or_create(&labels).clone());
+        }
+        self.balancer
+            .set_circuit_breaker(profile.policy.circuit_breaker);
         self.profile.store(Arc::new(Profile::new(profile)));
     }
 }
@@ -165,6 +189,7 @@ pub struct Destinations {
     /// By original destination address (transparent mode).
     by_addr: RwLock<HashMap<SocketAddr, Arc<Destination>>>,
     resolver: Arc<dyn Resolve>,
+    metrics: Arc<Metrics>,
 }
 
 /// Bound on remembered destinations, so that an app dialling many addresses cannot grow the
@@ -172,12 +197,13 @@ pub struct Destinations {
 const MAX_DESTINATIONS: usize = 10_000;
 
 impl Destinations {
-    pub fn new(resolver: Arc<dyn Resolve>) -> Self {
+    pub fn new(resolver: Arc<dyn Resolve>, metrics: Arc<Metrics>) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
             aliases: RwLock::new(HashMap::new()),
             by_addr: RwLock::new(HashMap::new()),
             resolver,
+            metrics,
         }
     }
 
@@ -225,7 +251,7 @@ impl Destinations {
         if let Some(d) = self.lookup(authority.as_str()) {
             return d;
         }
-        let dest = Arc::new(Destination::new(authority.clone()));
+        let dest = Arc::new(Destination::new(authority.clone(), &self.metrics));
         {
             let Ok(mut map) = self.map.write() else {
                 self.resolver.subscribe(dest.clone());

@@ -4,12 +4,17 @@
 //! To another mesh proxy the request goes over HTTP/2; an HTTP/1 request is carried there
 //! with an `mesh-orig-proto` header, and the receiving proxy turns it back into HTTP/1 for
 //! its app.
+//!
+//! With circuit breaking on, each attempt's outcome is reported to the balancer (see
+//! [`health`]): a failure is no connection, no response, a 5xx, or a gRPC status that means
+//! the server failed; a gRPC status in trailers is reported when the trailers arrive.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::uri::{Authority, Scheme, Uri};
@@ -17,7 +22,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::balance::EndpointHandle;
-use crate::body::ProxyBody;
+use crate::body::{GrpcBody, ProxyBody};
 use crate::client::{Client, SendError};
 use crate::destination::Destination;
 use crate::error::ProxyError;
@@ -62,10 +67,31 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 match send(&client, &ep, req).await {
                     Ok(rsp) => {
                         in_flight.complete();
-                        return Ok(rsp.map(ProxyBody::Incoming));
+                        if !dest.balancer.is_breaking() {
+                            return Ok(rsp.map(ProxyBody::Incoming));
+                        }
+                        return Ok(match health(&rsp) {
+                            Health::Success => {
+                                dest.balancer.record_success(&ep);
+                                rsp.map(ProxyBody::Incoming)
+                            }
+                            Health::Failure => {
+                                dest.balancer.record_failure(&ep, Instant::now());
+                                rsp.map(ProxyBody::Incoming)
+                            }
+                            Health::InTrailers => {
+                                let report = EndpointReport { dest, ep };
+                                rsp.map(|b| {
+                                    ProxyBody::Grpc(Box::new(GrpcBody::for_endpoint(b, report)))
+                                })
+                            }
+                        });
                     }
                     Err(SendError { error, request }) => {
                         in_flight.fail();
+                        if dest.balancer.is_breaking() {
+                            dest.balancer.record_failure(&ep, Instant::now());
+                        }
                         attempt += 1;
                         // A request that never left (no connection) goes to another endpoint:
                         // the failed one now looks slow to the balancer. Always safe, so no
@@ -81,6 +107,65 @@ impl tower::Service<Request<ProxyBody>> for Forward {
                 }
             }
         })
+    }
+}
+
+/// What a response says about its endpoint's health.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    Success,
+    Failure,
+    /// A gRPC response whose status will come in its trailers.
+    InTrailers,
+}
+
+/// Classifies a response for circuit breaking: any 5xx is a failure; so is a gRPC status
+/// (in the headers) that [`grpc_server_fault`] names.
+pub fn health<B>(rsp: &Response<B>) -> Health {
+    if rsp.status().is_server_error() {
+        return Health::Failure;
+    }
+    match rsp.headers().get("grpc-status") {
+        Some(s) if grpc_server_fault(s.as_bytes()) => Health::Failure,
+        Some(_) => Health::Success,
+        None if rsp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) =>
+        {
+            Health::InTrailers
+        }
+        None => Health::Success,
+    }
+}
+
+/// gRPC statuses that count as the server failing: those Envoy maps to a 5xx HTTP status
+/// for outlier detection (2 UNKNOWN, 4 DEADLINE_EXCEEDED, 12 UNIMPLEMENTED, 13 INTERNAL,
+/// 14 UNAVAILABLE, 15 DATA_LOSS). Client-side statuses (NOT_FOUND, INVALID_ARGUMENT, ...)
+/// say nothing about the endpoint.
+pub fn grpc_server_fault(status: &[u8]) -> bool {
+    matches!(status, b"2" | b"4" | b"12" | b"13" | b"14" | b"15")
+}
+
+/// Reports the status of a gRPC response that comes in trailers to its endpoint's circuit
+/// breaker, when the trailers arrive.
+pub struct EndpointReport {
+    dest: Arc<Destination>,
+    ep: Arc<EndpointHandle>,
+}
+
+impl EndpointReport {
+    pub fn grpc_status(self, status: &[u8]) {
+        if grpc_server_fault(status) {
+            self.failure();
+        } else {
+            self.dest.balancer.record_success(&self.ep);
+        }
+    }
+
+    /// The response stream broke before its status.
+    pub fn failure(self) {
+        self.dest.balancer.record_failure(&self.ep, Instant::now());
     }
 }
 
@@ -252,4 +337,38 @@ pub async fn upgrade(
         });
     }
     Ok(rsp.map(ProxyBody::Incoming))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rsp(status: u16, headers: &[(&str, &str)]) -> Response<()> {
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn health_classifies_5xx_and_server_side_grpc_statuses() {
+        assert_eq!(health(&rsp(200, &[])), Health::Success);
+        assert_eq!(health(&rsp(404, &[])), Health::Success);
+        assert_eq!(health(&rsp(429, &[])), Health::Success);
+        for s in [500, 502, 503, 504, 501, 599] {
+            assert_eq!(health(&rsp(s, &[])), Health::Failure, "{s}");
+        }
+        let grpc = ("content-type", "application/grpc+proto");
+        assert_eq!(health(&rsp(200, &[grpc])), Health::InTrailers);
+        assert_eq!(health(&rsp(503, &[grpc])), Health::Failure);
+        for code in ["2", "4", "12", "13", "14", "15"] {
+            let r = rsp(200, &[grpc, ("grpc-status", code)]);
+            assert_eq!(health(&r), Health::Failure, "grpc-status {code}");
+        }
+        for code in ["0", "1", "3", "5", "7", "8", "16", "garbage"] {
+            let r = rsp(200, &[grpc, ("grpc-status", code)]);
+            assert_eq!(health(&r), Health::Success, "grpc-status {code}");
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! `mesh-proxy`: the mesh's sidecar. The request path, outside in:
-//! [`serve`] (accept, [`detect`] protocol) -> [`outbound`] / [`inbound`] (route, split) ->
+//! [`serve`] (accept, [`detect`] protocol) -> [`outbound`] / [`inbound`] (route, split, [`headers`]) ->
 //! [`timeout`] -> [`retry`] -> [`forward`] ([`balance`], [`client`]). Routing state lives in
 //! [`destination`], fed by [`discovery`]. See ARCHITECTURE.md for the tour.
 
@@ -14,6 +14,7 @@ pub mod detect;
 pub mod discovery;
 pub mod error;
 pub mod forward;
+pub mod headers;
 pub mod inbound;
 pub mod init;
 pub mod metrics;

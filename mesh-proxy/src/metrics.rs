@@ -77,6 +77,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthorityLabels {
+    pub authority: Str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConnLabels {
     pub direction: Direction,
     pub protocol: &'static str,
@@ -100,6 +105,7 @@ pub struct Metrics {
     pub tcp_write_bytes: Family<ConnLabels, Counter>,
     pub discovery_updates: Counter,
     pub discovery_errors: Counter,
+    pub endpoint_ejections: Family<AuthorityLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -169,6 +175,12 @@ impl Metrics {
             "Discovery streams that failed or were rejected",
             discovery_errors.clone(),
         );
+        let endpoint_ejections = Family::<AuthorityLabels, Counter>::default();
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints ejected from load balancing by the circuit breaker",
+            endpoint_ejections.clone(),
+        );
         Self {
             registry,
             requests,
@@ -181,6 +193,7 @@ impl Metrics {
             tcp_write_bytes,
             discovery_updates,
             discovery_errors,
+            endpoint_ejections,
         }
     }
 

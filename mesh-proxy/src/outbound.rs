@@ -94,7 +94,7 @@ impl Outbound {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         orig_dst: Option<SocketAddr>,
         routed: &mut Option<Routed>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -137,6 +137,10 @@ impl Outbound {
             authority: dest.label.clone(),
             route: route_label.clone(),
         });
+        // The route's header modifier, parsed when the profile arrived.
+        if let Some(ops) = route_idx.and_then(|i| profile.request_headers.get(i)) {
+            ops.apply(req.headers_mut());
+        }
 
         // Traffic split: the route's weighted backends, else the destination itself.
         let backend = match route.and_then(|r| r.pick_backend(rand::rng().random())) {
@@ -338,11 +342,20 @@ pub fn record(
     };
     if status_in_trailers {
         let (parts, body) = rsp.into_parts();
-        if let ProxyBody::Incoming(inner) = body {
-            let body = GrpcBody::new(inner, metrics.clone(), labels);
-            return Response::from_parts(parts, ProxyBody::Grpc(Box::new(body)));
-        }
-        metrics.requests.get_or_create(&labels).inc();
+        let body = match body {
+            ProxyBody::Incoming(inner) => {
+                ProxyBody::Grpc(Box::new(GrpcBody::new(inner, metrics.clone(), labels)))
+            }
+            // Already waiting for the status, for the circuit breaker.
+            ProxyBody::Grpc(mut g) => {
+                g.count_in(metrics.clone(), labels);
+                ProxyBody::Grpc(g)
+            }
+            other => {
+                metrics.requests.get_or_create(&labels).inc();
+                other
+            }
+        };
         return Response::from_parts(parts, body);
     }
     metrics.requests.get_or_create(&labels).inc();

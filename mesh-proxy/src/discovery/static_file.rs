@@ -7,7 +7,7 @@
 //!       - addr: 127.0.0.1:9001
 //!       - addr: 127.0.0.1:9002
 //!         hint: { kind: meshed_h2, inbound_port: 4143 }
-//!     routes: [ ... ]        # see docs/configuration.md
+//!     routes: [ ... ]        # see docs/static-config.md
 //!     policy: { balancer: round_robin }
 //! ```
 //!

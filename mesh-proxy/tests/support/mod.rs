@@ -55,6 +55,8 @@ pub enum Behaviour {
     Delay(Duration),
     /// Answer 503 to every `n`th request (1 = always).
     FailEvery(u64),
+    /// Answer every request with this status.
+    Status(StatusCode),
 }
 
 /// HTTP version and Host of a request an upstream received.
@@ -69,6 +71,8 @@ pub struct Upstream {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Versions and Host headers seen, for protocol assertions.
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// The headers of every request received, in order.
+    pub headers: Arc<Mutex<Vec<http::HeaderMap>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -86,6 +90,16 @@ impl Upstream {
     pub fn set(&self, b: Behaviour) {
         *self.behaviour.lock().unwrap() = b;
     }
+
+    /// The headers of the last request received.
+    pub fn last_headers(&self) -> http::HeaderMap {
+        self.headers
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
@@ -96,18 +110,25 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
     let accepted = conns.clone();
     let behaviour = Arc::new(Mutex::new(behaviour));
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (h, b, s) = (hits.clone(), behaviour.clone(), seen.clone());
+    let headers = Arc::new(Mutex::new(Vec::new()));
+    let (h, b, s, hd) = (
+        hits.clone(),
+        behaviour.clone(),
+        seen.clone(),
+        headers.clone(),
+    );
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             accepted.fetch_add(1, Ordering::SeqCst);
-            let (h, b, s) = (h.clone(), b.clone(), s.clone());
+            let (h, b, s, hd) = (h.clone(), b.clone(), s.clone(), hd.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (h, b, s) = (h.clone(), b.clone(), s.clone());
+                    let (h, b, s, hd) = (h.clone(), b.clone(), s.clone(), hd.clone());
                     async move {
+                        hd.lock().unwrap().push(req.headers().clone());
                         let n = h.fetch_add(1, Ordering::SeqCst) + 1;
                         let host = req
                             .headers()
@@ -132,6 +153,7 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
                                 StatusCode::SERVICE_UNAVAILABLE
                             }
                             Behaviour::FailEvery(_) => StatusCode::OK,
+                            Behaviour::Status(s) => s,
                         };
                         let mut rsp = Response::new(Full::new(Bytes::from(format!(
                             "{name} got {} bytes\n",
@@ -155,6 +177,7 @@ pub async fn upstream(name: &'static str, behaviour: Behaviour) -> Upstream {
         conns,
         behaviour,
         seen,
+        headers,
         task,
     }
 }
@@ -236,6 +259,30 @@ pub async fn send(
 
 pub async fn get(client: &H1Client, via: SocketAddr, host: &str, path: &str) -> Answer {
     send(client, via, host, "GET", path, "").await
+}
+
+/// A GET through the proxy at `via` with `Host: host` and extra headers (a name may repeat).
+pub async fn get_with_headers(
+    client: &H1Client,
+    via: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> StatusCode {
+    let mut req = Request::builder()
+        .uri(format!("http://{via}{path}"))
+        .header(http::header::HOST, host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::new())).unwrap();
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("request finishes in time")
+        .expect("request gets a response");
+    let status = rsp.status();
+    let _ = rsp.into_body().collect().await;
+    status
 }
 
 /// Plain GET on the admin port.
