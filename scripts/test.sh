@@ -31,8 +31,9 @@ out=$(DEMO_SECONDS=5 DEMO_RATE=50 scripts/demo.sh)
 echo "$out"
 ok=$(awk '/requests ok/ { print $3 }' <<<"$out")
 failed=$(awk '/requests failed/ { print $3 }' <<<"$out")
-if [ "${ok:-0}" -lt 100 ] || [ "${failed:-1}" -ne 0 ]; then
-  echo "demo smoke run: expected >= 100 successful and 0 failed requests (ok=$ok failed=$failed)" >&2
+joined=$(awk '/v1-new/ { print $4 }' <<<"$out")
+if [ "${ok:-0}" -lt 100 ] || [ "${failed:-1}" -ne 0 ] || [ "${joined:-0}" -lt 1 ]; then
+  echo "demo smoke run: expected >= 100 successful and 0 failed requests, and traffic to the replica that registers halfway (ok=$ok failed=$failed new=$joined)" >&2
   exit 1
 fi
 echo "demo: 1 passed, 0 failed"
