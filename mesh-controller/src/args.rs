@@ -41,11 +41,16 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// Settings for tests: local mode on `dir`, ephemeral ports on 127.0.0.1.
-    pub fn local_for_tests(dir: PathBuf) -> Self {
+    /// Settings for tests: local mode on `dir` (Kubernetes when `None`), ephemeral ports on
+    /// 127.0.0.1.
+    pub fn for_tests(dir: Option<PathBuf>) -> Self {
         Self {
-            source: Source::Local,
-            config_dir: Some(dir),
+            source: if dir.is_some() {
+                Source::Local
+            } else {
+                Source::Kubernetes
+            },
+            config_dir: dir,
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             admin_addr: ([127, 0, 0, 1], 0).into(),
             cluster_domain: "cluster.local".into(),

@@ -69,6 +69,11 @@ impl Running {
 
 /// Binds the listeners and starts the source, the index, the gRPC and admin servers.
 pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
+    start_with(args, None).await
+}
+
+/// [`start`], with a given Kubernetes client instead of the in-cluster config or KUBECONFIG.
+pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::Result<Running> {
     let metrics = Arc::new(metrics::Metrics::new());
     let naming = Naming {
         cluster_domain: args.cluster_domain.clone(),
@@ -104,9 +109,12 @@ pub async fn start(args: RunArgs) -> anyhow::Result<Running> {
             (Some(files), "local", tokio::spawn(src.run(tx)))
         }
         Source::Kubernetes => {
-            let client = kube::Client::try_default().await.context(
-                "cannot reach the Kubernetes API (in-cluster config or KUBECONFIG); use --source local outside a cluster",
-            )?;
+            let client = match client {
+                Some(c) => c,
+                None => kube::Client::try_default().await.context(
+                    "cannot reach the Kubernetes API (in-cluster config or KUBECONFIG); use --source local outside a cluster",
+                )?,
+            };
             kubernetes::spawn_watches(client.clone(), tx, metrics.clone());
             let (leader_tx, leader_rx) = watch::channel(false);
             tasks.push(tokio::spawn(kubernetes::lead(

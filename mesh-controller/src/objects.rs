@@ -206,6 +206,9 @@ pub struct Objects {
     pub slices: BTreeMap<ObjKey, Arc<EndpointSlice>>,
     /// EndpointSlices of each Service.
     pub slices_by_service: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
+    /// EndpointSlices whose endpoints name each Pod (`targetRef`), so that a Pod change
+    /// (service account, proxy injection) reaches the Services it serves.
+    pub slices_by_pod: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
     pub pods: BTreeMap<ObjKey, Arc<PodInfo>>,
     pub workloads: BTreeMap<ObjKey, Arc<Workload>>,
     pub servers: BTreeMap<ObjKey, Arc<Server>>,
@@ -228,6 +231,21 @@ impl Dirty {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && self.inbound_namespaces.is_empty() && !self.conditions
     }
+}
+
+/// The Pods an EndpointSlice's endpoints point at.
+fn slice_pods(s: &EndpointSlice) -> impl Iterator<Item = ObjKey> + '_ {
+    let ns = s.namespace().unwrap_or_else(|| "default".into());
+    s.endpoints.iter().filter_map(move |e| {
+        let t = e.target_ref.as_ref()?;
+        if t.kind.as_deref() != Some("Pod") {
+            return None;
+        }
+        Some(ObjKey::new(
+            t.namespace.clone().unwrap_or_else(|| ns.clone()),
+            t.name.clone()?,
+        ))
+    })
 }
 
 fn slice_service(s: &EndpointSlice) -> Option<ObjKey> {
@@ -312,7 +330,7 @@ impl Objects {
                 self.services.insert(key, o);
             }
             Object::EndpointSlice(o) => {
-                if let Some(old) = self.slices.get(&key).and_then(|s| slice_service(s)) {
+                if let Some(old) = self.slices.get(&key).cloned() {
                     self.unlink_slice(&old, &key);
                 }
                 if let Some(svc) = slice_service(&o) {
@@ -320,6 +338,9 @@ impl Objects {
                         .entry(svc)
                         .or_default()
                         .insert(key.clone());
+                }
+                for pod in slice_pods(&o) {
+                    self.slices_by_pod.entry(pod).or_default().insert(key.clone());
                 }
                 self.slices.insert(key, o);
             }
@@ -344,12 +365,20 @@ impl Objects {
         }
     }
 
-    fn unlink_slice(&mut self, svc: &ObjKey, slice: &ObjKey) {
-        if let Some(set) = self.slices_by_service.get_mut(svc) {
-            set.remove(slice);
-            if set.is_empty() {
-                self.slices_by_service.remove(svc);
+    fn unlink_slice(&mut self, old: &EndpointSlice, slice: &ObjKey) {
+        fn unlink(map: &mut BTreeMap<ObjKey, BTreeSet<ObjKey>>, k: &ObjKey, slice: &ObjKey) {
+            if let Some(set) = map.get_mut(k) {
+                set.remove(slice);
+                if set.is_empty() {
+                    map.remove(k);
+                }
             }
+        }
+        if let Some(svc) = slice_service(old) {
+            unlink(&mut self.slices_by_service, &svc, slice);
+        }
+        for pod in slice_pods(old) {
+            unlink(&mut self.slices_by_pod, &pod, slice);
         }
     }
 
@@ -363,8 +392,8 @@ impl Objects {
                 self.services.remove(key);
             }
             Kind::EndpointSlice => {
-                if let Some(svc) = self.slices.remove(key).and_then(|s| slice_service(&s)) {
-                    self.unlink_slice(&svc, key);
+                if let Some(old) = self.slices.remove(key) {
+                    self.unlink_slice(&old, key);
                 }
             }
             Kind::Pod => {
@@ -403,6 +432,11 @@ impl Objects {
             }
             Object::Pod(p) => {
                 self.touch_selecting(&p.key.namespace, &p.labels, dirty);
+                for slice in self.slices_by_pod.get(&p.key).into_iter().flatten() {
+                    if let Some(svc) = self.slices.get(slice).and_then(|s| slice_service(s)) {
+                        dirty.services.insert(svc);
+                    }
+                }
                 dirty.inbound_namespaces.insert(p.key.namespace.clone());
             }
             Object::Workload(w) => {
@@ -538,6 +572,7 @@ mod tests {
         assert!(d.services.contains(&ObjKey::new("a", "web")));
         assert!(objs.slices.is_empty());
         assert!(objs.slices_by_service.is_empty());
+        assert!(objs.slices_by_pod.is_empty());
     }
 
     #[test]

@@ -43,6 +43,24 @@ impl Controller {
         Self { child, grpc, admin }
     }
 
+    /// The binary in Kubernetes mode, reaching the API through `kubeconfig`; `name` is its
+    /// Lease holder identity.
+    pub fn start_kubernetes(kubeconfig: &Path, name: &str) -> Self {
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
+            .args(["--source", "kubernetes"])
+            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", name)
+            .env("MESH_CONTROLLER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("controller starts");
+        Self { child, grpc, admin }
+    }
+
     pub fn start_fresh(dir: &Path) -> Self {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
