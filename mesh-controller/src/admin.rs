@@ -43,7 +43,12 @@ impl Admin {
                 f.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .iter()
-                    .map(|(p, e)| (p.display().to_string(), serde_json::Value::String(e.clone())))
+                    .map(|(p, e)| {
+                        (
+                            p.display().to_string(),
+                            serde_json::Value::String(e.clone()),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

@@ -112,7 +112,12 @@ impl NamespaceInbound {
                 (WorkloadKind::Workload, k.name.clone()),
                 Member {
                     labels: w.labels().clone(),
-                    ports: w.spec.ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
+                    ports: w
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| (p.name.clone(), p.port))
+                        .collect(),
                 },
             );
         }
@@ -154,7 +159,10 @@ mod tests {
     fn parses_workload_names() {
         let k = InboundKey::parse("ns:shop/pod:web-1", 8080).unwrap();
         assert_eq!(k.kind, WorkloadKind::Pod);
-        assert_eq!((k.namespace.as_str(), k.name.as_str(), k.port), ("shop", "web-1", 8080));
+        assert_eq!(
+            (k.namespace.as_str(), k.name.as_str(), k.port),
+            ("shop", "web-1", 8080)
+        );
         let k = InboundKey::parse("ns:shop/workload:vm-1", 80).unwrap();
         assert_eq!(k.kind, WorkloadKind::Workload);
         assert!(InboundKey::parse("web-1", 80).is_err());

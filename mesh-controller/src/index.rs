@@ -268,7 +268,10 @@ impl Index {
             }
             for port in targets {
                 let mut ts = vec![Target::Name(key.clone(), port)];
-                ts.extend(ips.iter().map(|ip| Target::Addr(SocketAddr::new(*ip, port))));
+                ts.extend(
+                    ips.iter()
+                        .map(|ip| Target::Addr(SocketAddr::new(*ip, port))),
+                );
                 for t in ts {
                     let value = s.lookup(&t);
                     if let Some(tx) = s.destinations.get(&t) {
@@ -339,12 +342,22 @@ impl Derived {
         self.http = objs
             .http_routes
             .iter()
-            .map(|(k, r)| (k.clone(), routes::convert_http(r, objs, &naming.cluster_domain)))
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    routes::convert_http(r, objs, &naming.cluster_domain),
+                )
+            })
             .collect();
         self.grpc = objs
             .grpc_routes
             .iter()
-            .map(|(k, r)| (k.clone(), routes::convert_grpc(r, objs, &naming.cluster_domain)))
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    routes::convert_grpc(r, objs, &naming.cluster_domain),
+                )
+            })
             .collect();
         let mut table: RouteTable = BTreeMap::new();
         let attach = |table: &mut RouteTable,
@@ -369,12 +382,24 @@ impl Derived {
         };
         for (k, conv) in &self.http {
             if let Some(r) = objs.http_routes.get(k) {
-                attach(&mut table, "HTTPRoute", k, conv, routes::http_parent_refs(r));
+                attach(
+                    &mut table,
+                    "HTTPRoute",
+                    k,
+                    conv,
+                    routes::http_parent_refs(r),
+                );
             }
         }
         for (k, conv) in &self.grpc {
             if let Some(r) = objs.grpc_routes.get(k) {
-                attach(&mut table, "GRPCRoute", k, conv, routes::grpc_parent_refs(r));
+                attach(
+                    &mut table,
+                    "GRPCRoute",
+                    k,
+                    conv,
+                    routes::grpc_parent_refs(r),
+                );
             }
         }
         for list in table.values_mut() {
@@ -506,7 +531,12 @@ impl Derived {
         }
         for (k, w) in &objs.workloads {
             let cond = match w.spec.address.parse::<IpAddr>() {
-                Ok(_) => status::Condition::ok("Accepted", "Accepted", "workload indexed", w.metadata.generation),
+                Ok(_) => status::Condition::ok(
+                    "Accepted",
+                    "Accepted",
+                    "workload indexed",
+                    w.metadata.generation,
+                ),
                 Err(_) => status::Condition::fail(
                     "Accepted",
                     "InvalidAddress",

@@ -124,7 +124,12 @@ impl WatchCtx {
                     missing_reported = false;
                     let objs = std::mem::take(&mut buffer);
                     tracing::debug!(%kind, count = objs.len(), "listed");
-                    if self.tx.send(Change::Reset(kind, objs).into()).await.is_err() {
+                    if self
+                        .tx
+                        .send(Change::Reset(kind, objs).into())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     if !self.done_initial(&mut first).await {
@@ -147,7 +152,12 @@ impl WatchCtx {
                         if !missing_reported {
                             tracing::warn!(%kind, "the API server does not serve this kind (CRD not installed?); treating it as empty and retrying");
                             missing_reported = true;
-                            if self.tx.send(Change::Reset(kind, Vec::new()).into()).await.is_err() {
+                            if self
+                                .tx
+                                .send(Change::Reset(kind, Vec::new()).into())
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -230,7 +240,8 @@ async fn write_status(client: &Client, kind: Kind, st: &ObjectStatus) -> Result<
                 .map(|list| {
                     list.iter()
                         .filter(|p| {
-                            p.get("controllerName").and_then(|c| c.as_str()) != Some(CONTROLLER_NAME)
+                            p.get("controllerName").and_then(|c| c.as_str())
+                                != Some(CONTROLLER_NAME)
                         })
                         .cloned()
                         .collect()
@@ -246,7 +257,11 @@ async fn write_status(client: &Client, kind: Kind, st: &ObjectStatus) -> Result<
             serde_json::json!({ "status": { "parents": parents } })
         }
         _ => {
-            let conditions: Vec<_> = st.entries.iter().flat_map(|e| e.conditions.iter()).collect();
+            let conditions: Vec<_> = st
+                .entries
+                .iter()
+                .flat_map(|e| e.conditions.iter())
+                .collect();
             serde_json::json!({ "status": { "conditions": conditions } })
         }
     };

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::index::Input;
 use crate::metrics::{KindLabel, Metrics};
-use crate::objects::{Change, Kind, Object, ObjKey, Objects};
+use crate::objects::{Change, Kind, ObjKey, Object, Objects};
 
 /// Rejected files and why, shared with the admin server.
 pub type FileErrors = Arc<Mutex<BTreeMap<PathBuf, String>>>;
@@ -147,7 +147,9 @@ pub fn parse_file(text: &str, cluster_domain: &str) -> Result<Vec<Object>, Strin
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = serde_yaml_ng::Value::deserialize(doc)
             .map_err(|e| format!("document {}: not valid YAML: {e}", i + 1))?;
-        if let Some(obj) = parse_doc(value, cluster_domain).map_err(|e| format!("document {}: {e}", i + 1))? {
+        if let Some(obj) =
+            parse_doc(value, cluster_domain).map_err(|e| format!("document {}: {e}", i + 1))?
+        {
             out.push(obj);
         }
     }
@@ -240,7 +242,8 @@ impl LocalSource {
                     if self.parse_errors.remove(path).is_some() {
                         tracing::info!(file = %path.display(), "file is valid again");
                     }
-                    self.files.insert(path.clone(), FileState { content, objects });
+                    self.files
+                        .insert(path.clone(), FileState { content, objects });
                     changed = true;
                 }
                 Err(e) => {
@@ -260,7 +263,8 @@ impl LocalSource {
                         .remove(path)
                         .map(|f| f.objects)
                         .unwrap_or_default();
-                    self.files.insert(path.clone(), FileState { content, objects });
+                    self.files
+                        .insert(path.clone(), FileState { content, objects });
                 }
             }
         }
@@ -302,11 +306,12 @@ impl LocalSource {
     /// Loads the directory, sends the state, then follows changes until the index is gone.
     pub async fn run(mut self, tx: mpsc::Sender<Input>) -> anyhow::Result<()> {
         let (ntx, mut nrx) = mpsc::channel::<()>(1);
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = ntx.try_send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok() {
+                    let _ = ntx.try_send(());
+                }
+            })?;
         watcher.watch(&self.dir, notify::RecursiveMode::Recursive)?;
         let mut first = true;
         loop {
@@ -339,7 +344,8 @@ impl LocalSource {
 
 /// Sends the complete object set as one Reset per kind.
 async fn send_all(tx: &mpsc::Sender<Input>, objects: Vec<Object>) -> Result<(), ()> {
-    let mut by_kind: BTreeMap<Kind, Vec<Object>> = Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
+    let mut by_kind: BTreeMap<Kind, Vec<Object>> =
+        Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
     for o in objects {
         by_kind.entry(o.kind()).or_default().push(o);
     }
@@ -374,9 +380,16 @@ spec:
   - backendRefs: [{name: web, port: 80, weight: "lots"}]
 "#;
         let e = parse_file(text, "cluster.local").unwrap_err();
-        assert!(e.starts_with("document 2: HTTPRoute split: spec.rules[0].backendRefs[0].weight"), "{e}");
+        assert!(
+            e.starts_with("document 2: HTTPRoute split: spec.rules[0].backendRefs[0].weight"),
+            "{e}"
+        );
 
-        let e = parse_file("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "c").unwrap_err();
+        let e = parse_file(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "c",
+        )
+        .unwrap_err();
         assert!(e.contains("not supported in local mode"), "{e}");
 
         let e = parse_file(
@@ -396,7 +409,11 @@ spec:
 
     #[test]
     fn empty_documents_are_skipped() {
-        let objs = parse_file("---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\n", "c").unwrap();
+        let objs = parse_file(
+            "---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\n",
+            "c",
+        )
+        .unwrap();
         assert_eq!(objs.len(), 1);
     }
 }

@@ -7,14 +7,23 @@ use tracing_subscriber::EnvFilter;
 /// The mesh control plane: watches Kubernetes or a directory of YAML objects and serves
 /// discovery and inbound policy to mesh proxies.
 #[derive(Parser)]
-#[command(name = "mesh-controller", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "mesh-controller",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
     run: RunArgs,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mesh_controller=debug`.
-    #[arg(long, env = "MESH_CONTROLLER_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "MESH_CONTROLLER_LOG",
+        default_value = "info",
+        global = true
+    )]
     log: String,
     /// Log as JSON lines.
     #[arg(long, env = "MESH_CONTROLLER_LOG_JSON", global = true)]
@@ -39,7 +48,10 @@ fn main() {
         }
     };
     if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -57,7 +69,10 @@ fn main() {
         Some(Cmd::Run(a)) => a,
         None => cli.run,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

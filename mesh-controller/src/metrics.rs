@@ -49,18 +49,28 @@ impl Metrics {
             endpoints: Gauge::default(),
             changes: Family::default(),
             watch_errors: Family::default(),
-            index_lag: Histogram::new(
-                [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0].into_iter(),
-            ),
+            index_lag: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             last_change: Gauge::default(),
             invalid_files: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("streams_open", "Open proxy streams", m.streams_open.clone());
-        registry.register("updates_sent", "Messages sent to proxies", m.updates_sent.clone());
+        registry.register(
+            "updates_sent",
+            "Messages sent to proxies",
+            m.updates_sent.clone(),
+        );
         registry.register("index_objects", "Objects in the index", m.objects.clone());
-        registry.register("index_endpoints", "Endpoints across all Services", m.endpoints.clone());
-        registry.register("changes", "Changes received from the platform", m.changes.clone());
+        registry.register(
+            "index_endpoints",
+            "Endpoints across all Services",
+            m.endpoints.clone(),
+        );
+        registry.register(
+            "changes",
+            "Changes received from the platform",
+            m.changes.clone(),
+        );
         registry.register(
             "watch_errors",
             "Watch errors (Kubernetes) or rejected reloads (local mode)",

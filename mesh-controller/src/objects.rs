@@ -340,7 +340,10 @@ impl Objects {
                         .insert(key.clone());
                 }
                 for pod in slice_pods(&o) {
-                    self.slices_by_pod.entry(pod).or_default().insert(key.clone());
+                    self.slices_by_pod
+                        .entry(pod)
+                        .or_default()
+                        .insert(key.clone());
                 }
                 self.slices.insert(key, o);
             }

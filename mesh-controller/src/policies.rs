@@ -30,9 +30,9 @@ pub struct Settings {
 fn duration(text: &Option<String>, field: &str) -> Result<Option<Duration>, String> {
     match text {
         None => Ok(None),
-        Some(t) => humantime::parse_duration(t)
-            .map(Some)
-            .map_err(|e| format!("{field}: '{t}' is not a duration ({e}); write e.g. 250ms, 2s, 1m")),
+        Some(t) => humantime::parse_duration(t).map(Some).map_err(|e| {
+            format!("{field}: '{t}' is not a duration ({e}); write e.g. 250ms, 2s, 1m")
+        }),
     }
 }
 
@@ -53,16 +53,15 @@ pub fn settings(p: &BackendPolicy) -> Result<Settings, String> {
             policy.max_retries = n;
         }
         if !r.on.is_empty() {
-            policy.on = r
-                .on
-                .iter()
-                .map(|o| match o {
-                    mesh_crds::RetryOn::ServerError => RetryOn::ServerError,
-                    mesh_crds::RetryOn::GatewayError => RetryOn::GatewayError,
-                    mesh_crds::RetryOn::ConnectFailure => RetryOn::ConnectFailure,
-                    mesh_crds::RetryOn::Grpc => RetryOn::Grpc,
-                })
-                .collect();
+            policy.on =
+                r.on.iter()
+                    .map(|o| match o {
+                        mesh_crds::RetryOn::ServerError => RetryOn::ServerError,
+                        mesh_crds::RetryOn::GatewayError => RetryOn::GatewayError,
+                        mesh_crds::RetryOn::ConnectFailure => RetryOn::ConnectFailure,
+                        mesh_crds::RetryOn::Grpc => RetryOn::Grpc,
+                    })
+                    .collect();
         }
         if !r.grpc_codes.is_empty() {
             policy.grpc_codes = r.grpc_codes.clone();
@@ -74,9 +73,7 @@ pub fn settings(p: &BackendPolicy) -> Result<Settings, String> {
         if let Some(b) = duration(&r.max_backoff, "spec.retry.maxBackoff")? {
             policy.backoff_max = b;
         }
-        policy
-            .validate()
-            .map_err(|e| format!("spec.retry: {e}"))?;
+        policy.validate().map_err(|e| format!("spec.retry: {e}"))?;
         out.retry = Some(policy);
         out.retryable = r.retryable;
     }
@@ -101,7 +98,10 @@ pub fn settings(p: &BackendPolicy) -> Result<Settings, String> {
         if let Some(n) = c.consecutive_failures {
             cb.consecutive_failures = n;
         }
-        if let Some(t) = duration(&c.base_ejection_time, "spec.circuitBreaker.baseEjectionTime")? {
+        if let Some(t) = duration(
+            &c.base_ejection_time,
+            "spec.circuitBreaker.baseEjectionTime",
+        )? {
             cb.base_ejection = t;
             cb.max_ejection = cb.max_ejection.max(t);
         }

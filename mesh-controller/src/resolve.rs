@@ -63,12 +63,21 @@ mod tests {
     #[test]
     fn forms() {
         let d = "cluster.local";
-        assert_eq!(target("web.shop.svc.cluster.local:80", "", d), name("shop", "web", 80));
+        assert_eq!(
+            target("web.shop.svc.cluster.local:80", "", d),
+            name("shop", "web", 80)
+        );
         assert_eq!(target("web.shop.svc:80", "", d), name("shop", "web", 80));
         assert_eq!(target("web.shop:80", "", d), name("shop", "web", 80));
-        assert_eq!(target("web:80", "ns:shop/pod:a", d), name("shop", "web", 80));
+        assert_eq!(
+            target("web:80", "ns:shop/pod:a", d),
+            name("shop", "web", 80)
+        );
         assert_eq!(target("web:80", "", d), name("default", "web", 80));
-        assert_eq!(target("WEB.Shop.svc.cluster.local.:80", "", d), name("shop", "web", 80));
+        assert_eq!(
+            target("WEB.Shop.svc.cluster.local.:80", "", d),
+            name("shop", "web", 80)
+        );
         assert_eq!(
             target("10.0.0.1:80", "", d),
             Some(Target::Addr("10.0.0.1:80".parse().unwrap()))

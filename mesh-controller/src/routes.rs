@@ -47,7 +47,10 @@ macro_rules! parents_of {
         for p in route.spec.parent_refs.iter().flatten() {
             if p.kind.as_deref() == Some("Service") && is_core_group(p.group.as_deref()) {
                 out.push(ParentRef {
-                    service: ObjKey::new(p.namespace.clone().unwrap_or_else(|| ns.clone()), p.name.clone()),
+                    service: ObjKey::new(
+                        p.namespace.clone().unwrap_or_else(|| ns.clone()),
+                        p.name.clone(),
+                    ),
                     port: p.port.and_then(|p| u16::try_from(p).ok()),
                     raw: serde_json::to_value(p).unwrap_or_default(),
                 });
@@ -138,7 +141,16 @@ fn backends<'a>(
     objs: &Objects,
     ns: &str,
     cluster_domain: &str,
-    refs: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, &'a str, Option<&'a str>, Option<i32>, Option<i32>)>,
+    refs: impl Iterator<
+        Item = (
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            Option<&'a str>,
+            Option<i32>,
+            Option<i32>,
+        ),
+    >,
     where_: &str,
     resolved: &mut Result<(), (String, String)>,
 ) -> Result<Vec<WeightedBackend>, (String, String)> {
@@ -181,11 +193,9 @@ fn backends<'a>(
                 format!("{field}: Service {bns}/{name} does not exist"),
             );
         }
-        let authority = Authority::parse(
-            &format!("{name}.{bns}.svc.{cluster_domain}:{port}"),
-            None,
-        )
-        .map_err(|e| ("UnsupportedValue".to_string(), format!("{field}: {e}")))?;
+        let authority =
+            Authority::parse(&format!("{name}.{bns}.svc.{cluster_domain}:{port}"), None)
+                .map_err(|e| ("UnsupportedValue".to_string(), format!("{field}: {e}")))?;
         out.push(WeightedBackend { authority, weight });
     }
     Ok(out)
@@ -197,11 +207,7 @@ fn set_first(slot: &mut Result<(), (String, String)>, reason: &str, msg: String)
     }
 }
 
-fn value_match(
-    regex: bool,
-    value: &str,
-    field: &str,
-) -> Result<ValueMatch, (String, String)> {
+fn value_match(regex: bool, value: &str, field: &str) -> Result<ValueMatch, (String, String)> {
     if regex {
         Pattern::new(value)
             .map(ValueMatch::Regex)
@@ -224,8 +230,16 @@ fn header_modifier(
     }
 }
 
-fn route_name(key: &ObjKey, rule_name: Option<&str>, rule: usize, matched: usize, n: usize) -> String {
-    let rule = rule_name.map(str::to_string).unwrap_or_else(|| rule.to_string());
+fn route_name(
+    key: &ObjKey,
+    rule_name: Option<&str>,
+    rule: usize,
+    matched: usize,
+    n: usize,
+) -> String {
+    let rule = rule_name
+        .map(str::to_string)
+        .unwrap_or_else(|| rule.to_string());
     if n > 1 {
         format!("{}/{}/{rule}.{matched}", key.namespace, key.name)
     } else {
@@ -273,7 +287,12 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                     }
                 }
             }
-            if rule.backend_refs.iter().flatten().any(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty())) {
+            if rule
+                .backend_refs
+                .iter()
+                .flatten()
+                .any(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
+            {
                 return Err((
                     "UnsupportedValue".into(),
                     format!("{where_}.backendRefs[].filters are not supported"),
@@ -298,7 +317,10 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
             )?;
             let timeout = match rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
                 Some(t) => Some(parse_duration(t).map_err(|e| {
-                    ("UnsupportedValue".to_string(), format!("{where_}.timeouts.request: {e}"))
+                    (
+                        "UnsupportedValue".to_string(),
+                        format!("{where_}.timeouts.request: {e}"),
+                    )
                 })?)
                 .filter(|d| !d.is_zero()),
                 None => None,
@@ -314,7 +336,11 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                     None => (None, 1, 1),
                     Some(p) => {
                         let v = p.value.clone().unwrap_or_else(|| "/".into());
-                        match p.r#type.clone().unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix) {
+                        match p
+                            .r#type
+                            .clone()
+                            .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
+                        {
                             HttpRouteRulesMatchesPathType::Exact => {
                                 (Some(PathMatch::Exact(v.clone())), 0, v.len())
                             }
@@ -323,7 +349,10 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                             }
                             HttpRouteRulesMatchesPathType::RegularExpression => {
                                 let pat = Pattern::new(&v).map_err(|e| {
-                                    ("UnsupportedValue".to_string(), format!("{mwhere}.path: {e}"))
+                                    (
+                                        "UnsupportedValue".to_string(),
+                                        format!("{mwhere}.path: {e}"),
+                                    )
                                 })?;
                                 (Some(PathMatch::Regex(pat)), 2, v.len())
                             }
@@ -332,7 +361,8 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                 };
                 let mut hm = Vec::new();
                 for (hi, h) in m.headers.iter().flatten().enumerate() {
-                    let regex = h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression);
+                    let regex =
+                        h.r#type == Some(HttpRouteRulesMatchesHeadersType::RegularExpression);
                     hm.push(HeaderMatch {
                         name: h.name.to_ascii_lowercase(),
                         value: value_match(regex, &h.value, &format!("{mwhere}.headers[{hi}]"))?,
@@ -344,7 +374,11 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                         q.r#type == Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression);
                     qm.push(QueryParamMatch {
                         name: q.name.clone(),
-                        value: value_match(regex, &q.value, &format!("{mwhere}.queryParams[{qi}]"))?,
+                        value: value_match(
+                            regex,
+                            &q.value,
+                            &format!("{mwhere}.queryParams[{qi}]"),
+                        )?,
                     });
                 }
                 let method = m.method.as_ref().map(|m| {
@@ -446,7 +480,8 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
                 let (path, path_kind, path_len) = match &m.method {
                     None => (None, 1, 1),
                     Some(meth) => {
-                        let regex = meth.r#type == Some(GrpcRouteRulesMatchesMethodType::RegularExpression);
+                        let regex =
+                            meth.r#type == Some(GrpcRouteRulesMatchesMethodType::RegularExpression);
                         let service = meth.service.as_deref().unwrap_or("");
                         let method = meth.method.as_deref().unwrap_or("");
                         match (regex, service.is_empty(), method.is_empty()) {
@@ -463,7 +498,12 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
                             (false, true, false) => {
                                 let p = format!("/[^/]+/{}", regex_escape(method));
                                 let n = p.len();
-                                let pat = Pattern::new(&p).map_err(|e| ("UnsupportedValue".to_string(), format!("{mwhere}.method: {e}")))?;
+                                let pat = Pattern::new(&p).map_err(|e| {
+                                    (
+                                        "UnsupportedValue".to_string(),
+                                        format!("{mwhere}.method: {e}"),
+                                    )
+                                })?;
                                 (Some(PathMatch::Regex(pat)), 2, n)
                             }
                             (true, _, _) => {
@@ -471,7 +511,12 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
                                 let m = if method.is_empty() { "[^/]+" } else { method };
                                 let p = format!("/{s}/{m}");
                                 let n = p.len();
-                                let pat = Pattern::new(&p).map_err(|e| ("UnsupportedValue".to_string(), format!("{mwhere}.method: {e}")))?;
+                                let pat = Pattern::new(&p).map_err(|e| {
+                                    (
+                                        "UnsupportedValue".to_string(),
+                                        format!("{mwhere}.method: {e}"),
+                                    )
+                                })?;
                                 (Some(PathMatch::Regex(pat)), 2, n)
                             }
                             (false, true, true) => {

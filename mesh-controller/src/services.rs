@@ -115,7 +115,14 @@ pub fn compute(
         let Ok(port) = u16::try_from(sp.port) else {
             continue;
         };
-        let endpoints = endpoints(objs, key, svc, sp, spec.ports.as_ref().map_or(0, Vec::len), naming);
+        let endpoints = endpoints(
+            objs,
+            key,
+            svc,
+            sp,
+            spec.ports.as_ref().map_or(0, Vec::len),
+            naming,
+        );
         let profile = profile(key, port, routes, policies, policy.as_deref());
         ports.insert(port, Arc::new(PortState { endpoints, profile }));
     }
@@ -159,7 +166,8 @@ fn endpoints(
                 .filter(|t| t.kind.as_deref() == Some("Pod"))
                 .and_then(|t| {
                     let ns = t.namespace.clone().unwrap_or_else(|| key.namespace.clone());
-                    objs.pods.get(&ObjKey::new(ns, t.name.clone().unwrap_or_default()))
+                    objs.pods
+                        .get(&ObjKey::new(ns, t.name.clone().unwrap_or_default()))
                 });
             for addr in &ep.addresses {
                 let Ok(ip) = addr.parse::<IpAddr>() else {
@@ -251,7 +259,7 @@ fn profile(
         if let Some(b) = s.budget {
             policy.retry_budget = b;
         }
-        policy.circuit_breaker = s.circuit_breaker.clone();
+        policy.circuit_breaker = s.circuit_breaker;
         // Requests no route matches still get the Service's retry and timeout.
         if s.retry.is_some() || s.timeout.is_some() {
             list.push(Route {

@@ -40,7 +40,13 @@ impl Condition {
         Self::new(type_, "False", reason, message, generation)
     }
 
-    fn new(type_: &str, status: &str, reason: &str, message: &str, generation: Option<i64>) -> Self {
+    fn new(
+        type_: &str,
+        status: &str,
+        reason: &str,
+        message: &str,
+        generation: Option<i64>,
+    ) -> Self {
         Self {
             type_: type_.into(),
             status: status.into(),
