@@ -79,7 +79,11 @@ async fn discovery_stream_follows_file_changes() {
         }
         other => panic!("expected an add, got {other:?}"),
     }
-    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
 
     // It leaves by deleting its file.
     std::fs::remove_file(dir.path().join("web-2.yaml")).unwrap();
@@ -98,19 +102,36 @@ async fn discovery_stream_follows_file_changes() {
         Update::Profile(p) => {
             let policy = p.policy.unwrap();
             assert_eq!(policy.balancer, mesh_proto::v1::Balancer::RoundRobin as i32);
-            assert_eq!(p.routes.len(), 1, "the default route carries retry and timeout");
+            assert_eq!(
+                p.routes.len(),
+                1,
+                "the default route carries retry and timeout"
+            );
             assert_eq!(p.routes[0].timeout_ms, 2000);
             assert_eq!(p.routes[0].retry.as_ref().unwrap().max_retries, 3);
         }
         other => panic!("expected a profile, got {other:?}"),
     }
     // The missing Service appears: the waiting stream gets its state.
-    write(dir.path(), "nope.yaml", &service_yaml("nope", "app: web", 80));
+    write(
+        dir.path(),
+        "nope.yaml",
+        &service_yaml("nope", "app: web", 80),
+    );
     assert!(matches!(next(&mut missing).await, Update::State(_)));
 
-    let metrics = http_get(ctl.admin, "localhost", "/metrics").await.unwrap().body;
-    assert!(metrics.contains("mesh_controller_streams_open{api=\"destination\"} 3"), "{metrics}");
-    assert!(metrics.contains("mesh_controller_index_objects{kind=\"Workload\"} 1"), "{metrics}");
+    let metrics = http_get(ctl.admin, "localhost", "/metrics")
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains("mesh_controller_streams_open{api=\"destination\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_controller_index_objects{kind=\"Workload\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// Sends requests through `proxy` at a steady pace until `stop`; counts answers per body.
@@ -186,13 +207,24 @@ async fn editing_a_route_moves_live_traffic_without_failures_and_a_broken_file_c
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         let st = ctl.status().await;
-        if st["rejectedFiles"].as_object().is_some_and(|m| !m.is_empty()) {
+        if st["rejectedFiles"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+        {
             break st;
         }
-        assert!(Instant::now() < deadline, "the broken file was not reported: {st}");
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was not reported: {st}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let (file, error) = status["rejectedFiles"].as_object().unwrap().iter().next().unwrap();
+    let (file, error) = status["rejectedFiles"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
     assert!(file.ends_with("route.yaml"), "{file}");
     let error = error.as_str().unwrap();
     assert!(
@@ -201,7 +233,10 @@ async fn editing_a_route_moves_live_traffic_without_failures_and_a_broken_file_c
     );
     let v2_before = v2.hits.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(v2.hits.load(Ordering::Relaxed) > v2_before + 20, "traffic still flows to v2");
+    assert!(
+        v2.hits.load(Ordering::Relaxed) > v2_before + 20,
+        "traffic still flows to v2"
+    );
     assert!(
         v1.hits.load(Ordering::Relaxed) <= v1_after + 4,
         "the old split stays in force"
@@ -248,7 +283,10 @@ async fn proxies_keep_routing_without_the_controller_and_resume_when_it_returns(
     ctl.kill();
     let before = v1.hits.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(v1.hits.load(Ordering::Relaxed) > before + 50, "traffic continues");
+    assert!(
+        v1.hits.load(Ordering::Relaxed) > before + 50,
+        "traffic continues"
+    );
 
     // Change the config while it is down, then restart it on the same port.
     write(dir.path(), "route.yaml", &route_yaml(0, 100));
@@ -272,12 +310,22 @@ async fn proxies_keep_routing_without_the_controller_and_resume_when_it_returns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_start_arguments_are_named() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
-        .args(["--config-dir", "/nonexistent/mesh", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args([
+            "--config-dir",
+            "/nonexistent/mesh",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--config-dir /nonexistent/mesh is not a directory"), "{err}");
+    assert!(
+        err.contains("--config-dir /nonexistent/mesh is not a directory"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
         .arg("crds")
@@ -285,4 +333,60 @@ async fn bad_start_arguments_are_named() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("backendpolicies.mesh.dev"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_policy_follows_server_objects() {
+    use mesh_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "db.yaml",
+        &workload_yaml("db-1", "app: db", "127.0.0.1:5432".parse().unwrap()),
+    );
+    let ctl = Controller::start_fresh(dir.path());
+    ctl.ready().await;
+    let mut client = pb::inbound_client::InboundClient::connect(format!("http://{}", ctl.grpc))
+        .await
+        .unwrap();
+    let mut s = client
+        .watch(pb::InboundPort {
+            workload: "ns:default/workload:db-1".into(),
+            port: 5432,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.message().await.unwrap().unwrap();
+    assert_eq!(first.protocol, pb::Protocol::Detect as i32);
+    assert_eq!(first.server, "");
+
+    // A Server selecting the workload's named port makes it opaque.
+    write(
+        dir.path(),
+        "server.yaml",
+        "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: postgres}\nspec: {selector: {app: db}, port: http, protocol: Opaque}\n",
+    );
+    let next = tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("an update within 5s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.protocol, pb::Protocol::Opaque as i32);
+    assert_eq!(next.server, "default/postgres");
+
+    // A workload name that is not ns:<ns>/<kind>:<name> is refused with a reason.
+    let err = client
+        .watch(pb::InboundPort {
+            workload: "db-1".into(),
+            port: 5432,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("ns:<namespace>"),
+        "{}",
+        err.message()
+    );
 }
