@@ -173,6 +173,23 @@ impl Object {
         }
     }
 
+    /// Equal content; the same allocation (a re-sent unchanged object) is decided without a
+    /// deep comparison.
+    pub fn same(&self, other: &Object) -> bool {
+        let ptr = match (self, other) {
+            (Object::Service(a), Object::Service(b)) => Arc::ptr_eq(a, b),
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            (Object::Pod(a), Object::Pod(b)) => Arc::ptr_eq(a, b),
+            (Object::Workload(a), Object::Workload(b)) => Arc::ptr_eq(a, b),
+            (Object::Server(a), Object::Server(b)) => Arc::ptr_eq(a, b),
+            (Object::BackendPolicy(a), Object::BackendPolicy(b)) => Arc::ptr_eq(a, b),
+            (Object::HttpRoute(a), Object::HttpRoute(b)) => Arc::ptr_eq(a, b),
+            (Object::GrpcRoute(a), Object::GrpcRoute(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        ptr || self == other
+    }
+
     pub fn key(&self) -> ObjKey {
         match self {
             Object::Service(o) => ObjKey::of(o.as_ref()),
@@ -211,6 +228,8 @@ pub struct Objects {
     pub slices_by_pod: BTreeMap<ObjKey, BTreeSet<ObjKey>>,
     pub pods: BTreeMap<ObjKey, Arc<PodInfo>>,
     pub workloads: BTreeMap<ObjKey, Arc<Workload>>,
+    /// Workloads by (namespace, label key, label value), for Service selectors.
+    pub workloads_by_label: BTreeMap<(String, String, String), BTreeSet<ObjKey>>,
     pub servers: BTreeMap<ObjKey, Arc<Server>>,
     pub policies: BTreeMap<ObjKey, Arc<BackendPolicy>>,
     pub http_routes: BTreeMap<ObjKey, Arc<HttpRoute>>,
@@ -318,7 +337,7 @@ impl Objects {
     fn upsert(&mut self, obj: Object, dirty: &mut Dirty) {
         let key = obj.key();
         if let Some(old) = self.get(obj.kind(), &key) {
-            if old == obj {
+            if old.same(&obj) {
                 return;
             }
             // Whatever the old version touched is touched too (labels, parents, targets).
@@ -351,6 +370,15 @@ impl Objects {
                 self.pods.insert(key, o);
             }
             Object::Workload(o) => {
+                if let Some(old) = self.workloads.get(&key).cloned() {
+                    self.unindex_workload(&key, &old);
+                }
+                for (k, v) in o.labels() {
+                    self.workloads_by_label
+                        .entry((key.namespace.clone(), k.clone(), v.clone()))
+                        .or_default()
+                        .insert(key.clone());
+                }
                 self.workloads.insert(key, o);
             }
             Object::Server(o) => {
@@ -366,6 +394,48 @@ impl Objects {
                 self.grpc_routes.insert(key, o);
             }
         }
+    }
+
+    fn unindex_workload(&mut self, key: &ObjKey, old: &Workload) {
+        for (k, v) in old.labels() {
+            let label = (key.namespace.clone(), k.clone(), v.clone());
+            if let Some(set) = self.workloads_by_label.get_mut(&label) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.workloads_by_label.remove(&label);
+                }
+            }
+        }
+    }
+
+    /// The Workloads a Service's selector picks (none without a selector), through the label
+    /// index: the shortest posting list of the selector's labels, then a full check.
+    pub fn selected_workloads<'a>(
+        &'a self,
+        svc: &'a Service,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjKey, &'a Arc<Workload>)> + 'a {
+        let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref());
+        let shortest = selector.and_then(|sel| {
+            sel.iter()
+                .map(|(k, v)| {
+                    self.workloads_by_label
+                        .get(&(namespace.to_string(), k.clone(), v.clone()))
+                })
+                .try_fold(None::<&BTreeSet<ObjKey>>, |best, set| {
+                    let set = set?;
+                    Some(Some(match best {
+                        Some(b) if b.len() <= set.len() => b,
+                        _ => set,
+                    }))
+                })
+                .flatten()
+        });
+        shortest
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.workloads.get_key_value(k))
+            .filter(move |(_, w)| selects(svc, w.labels()))
     }
 
     fn unlink_slice(&mut self, old: &EndpointSlice, slice: &ObjKey) {
@@ -403,7 +473,9 @@ impl Objects {
                 self.pods.remove(key);
             }
             Kind::Workload => {
-                self.workloads.remove(key);
+                if let Some(old) = self.workloads.remove(key) {
+                    self.unindex_workload(key, &old);
+                }
             }
             Kind::Server => {
                 self.servers.remove(key);

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use mesh_core::{BackendPolicy, Endpoint, Identity, ProtocolHint, Route, ServiceProfile};
 
-use crate::objects::{selects, ObjKey, Objects};
+use crate::objects::{ObjKey, Objects};
 use crate::policies::{Resolved, Settings};
 use crate::routes::Entry;
 
@@ -188,12 +188,8 @@ fn endpoints(
         }
     }
     // Workloads (VMs, local processes) selected by the Service's labels.
-    let start = ObjKey::new(key.namespace.clone(), "");
-    for (wkey, w) in objs.workloads.range(start..) {
-        if wkey.namespace != key.namespace {
-            break;
-        }
-        if w.spec.ready == Some(false) || !selects(svc, w.labels()) {
+    for (wkey, w) in objs.selected_workloads(svc, &key.namespace) {
+        if w.spec.ready == Some(false) {
             continue;
         }
         let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
