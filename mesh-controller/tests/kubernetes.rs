@@ -22,7 +22,9 @@ async fn install_crds(server: &FakeApiServer) {
     }
     let api: Api<CustomResourceDefinition> = Api::all(server.client().await);
     for crd in mesh_crds::crds() {
-        api.create(&PostParams::default(), &crd).await.expect("CRD created");
+        api.create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD created");
     }
 }
 
@@ -129,6 +131,18 @@ async fn wait_status(
     }
 }
 
+/// The route once our controller has written its status.
+async fn route_status(server: &FakeApiServer, name: &str) -> Value {
+    wait_status(
+        server,
+        "gateway.networking.k8s.io/v1",
+        "httproutes",
+        name,
+        |o| route_condition(o, "Accepted").is_some(),
+    )
+    .await
+}
+
 fn route_condition(obj: &Value, type_: &str) -> Option<(String, String)> {
     obj["status"]["parents"]
         .as_array()?
@@ -165,8 +179,17 @@ async fn endpoints_scale_and_route_changes_reach_the_stream() {
             assert_eq!(e0.address.as_ref().unwrap().port, 8080);
             assert_eq!(e0.zone, "zone-a");
             assert_eq!(e0.identity, "spiffe://cluster.local/ns/shop/sa/web-sa");
-            assert!(e0.hint.as_ref().is_some_and(|h| h.kind.is_some()), "web-0 is meshed");
-            assert!(st.endpoints[1].hint.as_ref().is_none_or(|h| h.kind.is_none()), "web-1 is not");
+            assert!(
+                e0.hint.as_ref().is_some_and(|h| h.kind.is_some()),
+                "web-0 is meshed"
+            );
+            assert!(
+                st.endpoints[1]
+                    .hint
+                    .as_ref()
+                    .is_none_or(|h| h.kind.is_none()),
+                "web-1 is not"
+            );
         }
         other => panic!("expected the state, got {other:?}"),
     }
@@ -175,7 +198,9 @@ async fn endpoints_scale_and_route_changes_reach_the_stream() {
     assert!(matches!(next(&mut by_ip).await, Update::State(_)));
 
     // Scale up: a second slice appears.
-    server.upsert(slice("web-def", "web", &["10.0.0.3"])).unwrap();
+    server
+        .upsert(slice("web-def", "web", &["10.0.0.3"]))
+        .unwrap();
     match next(&mut s).await {
         Update::Add(a) => assert_eq!(a.endpoints.len(), 1),
         other => panic!("expected an add, got {other:?}"),
@@ -189,7 +214,12 @@ async fn endpoints_scale_and_route_changes_reach_the_stream() {
         other => panic!("expected a remove, got {other:?}"),
     }
     server
-        .remove("discovery.k8s.io/v1", "endpointslices", Some("shop"), "web-def")
+        .remove(
+            "discovery.k8s.io/v1",
+            "endpointslices",
+            Some("shop"),
+            "web-def",
+        )
         .unwrap();
     assert!(matches!(next(&mut s).await, Update::Remove(_)));
 
@@ -222,10 +252,7 @@ async fn endpoints_scale_and_route_changes_reach_the_stream() {
     assert_eq!(backends(&u)[1].1, 100);
 
     // The leader wrote the route's status.
-    let obj = wait_status(&server, "gateway.networking.k8s.io/v1", "httproutes", "split", |o| {
-        route_condition(o, "Accepted").is_some()
-    })
-    .await;
+    let obj = route_status(&server, "split").await;
     assert_eq!(
         route_condition(&obj, "Accepted"),
         Some(("True".into(), "Accepted".into()))
@@ -254,7 +281,9 @@ async fn invalid_objects_are_reported_and_do_not_disturb_the_rest() {
     server.upsert(unsupported).unwrap();
     // Malformed: a string where an integer belongs (stored as is by the fake server, as a
     // real one would if validation were off). It must be skipped, not stall the watch.
-    server.upsert(route("malformed", (1, json!("lots")))).unwrap();
+    server
+        .upsert(route("malformed", (1, json!("lots"))))
+        .unwrap();
     // A policy with a bad duration, and one whose target does not exist.
     server
         .upsert(json!({
@@ -274,22 +303,15 @@ async fn invalid_objects_are_reported_and_do_not_disturb_the_rest() {
 
     let mut s = destination(ctl.grpc_addr, "web.shop:80").await;
     let u = next(&mut s).await;
-    assert_eq!(
-        backends(&u).len(),
-        2,
-        "only the good route applies: {u:?}"
-    );
+    assert_eq!(backends(&u).len(), 2, "only the good route applies: {u:?}");
 
-    let mirror = wait_status(&server, "gateway.networking.k8s.io/v1", "httproutes", "mirror", |o| {
-        route_condition(o, "Accepted").is_some()
-    })
-    .await;
+    let mirror = route_status(&server, "mirror").await;
     let (status, reason) = route_condition(&mirror, "Accepted").unwrap();
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "UnsupportedValue"));
-    let good = wait_status(&server, "gateway.networking.k8s.io/v1", "httproutes", "good", |o| {
-        route_condition(o, "Accepted").is_some()
-    })
-    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "UnsupportedValue")
+    );
+    let good = route_status(&server, "good").await;
     assert_eq!(route_condition(&good, "Accepted").unwrap().0, "True");
 
     let cond = |o: &Value| -> Option<(String, String, String)> {
@@ -300,21 +322,32 @@ async fn invalid_objects_are_reported_and_do_not_disturb_the_rest() {
             c["message"].as_str()?.into(),
         ))
     };
-    let bad = wait_status(&server, "mesh.dev/v1alpha1", "backendpolicies", "bad", |o| {
-        cond(o).is_some()
-    })
+    let bad = wait_status(
+        &server,
+        "mesh.dev/v1alpha1",
+        "backendpolicies",
+        "bad",
+        |o| cond(o).is_some(),
+    )
     .await;
     let (st, reason, msg) = cond(&bad).unwrap();
     assert_eq!((st.as_str(), reason.as_str()), ("False", "Invalid"));
     assert!(msg.contains("spec.timeout"), "{msg}");
-    let orphan = wait_status(&server, "mesh.dev/v1alpha1", "backendpolicies", "orphan", |o| {
-        cond(o).is_some()
-    })
+    let orphan = wait_status(
+        &server,
+        "mesh.dev/v1alpha1",
+        "backendpolicies",
+        "orphan",
+        |o| cond(o).is_some(),
+    )
     .await;
     assert_eq!(cond(&orphan).unwrap().1, "TargetNotFound");
 
     // The malformed route was counted and the watch goes on: a later change still arrives.
-    let metrics = http_get(ctl.admin_addr, "localhost", "/metrics").await.unwrap().body;
+    let metrics = http_get(ctl.admin_addr, "localhost", "/metrics")
+        .await
+        .unwrap()
+        .body;
     assert!(
         metrics.contains("mesh_controller_watch_errors_total{kind=\"HTTPRoute\"} 1"),
         "{metrics}"
@@ -330,7 +363,9 @@ async fn watches_resume_after_the_connection_drops_and_relist_after_expiry() {
     let server = FakeApiServer::start();
     install_crds(&server).await;
     server.upsert(service("web", 80)).unwrap();
-    server.upsert(slice("web-abc", "web", &["10.0.0.1"])).unwrap();
+    server
+        .upsert(slice("web-abc", "web", &["10.0.0.1"]))
+        .unwrap();
     let ctl = start_controller(&server).await;
     let mut s = destination(ctl.grpc_addr, "web.shop:80").await;
     assert!(matches!(next(&mut s).await, Update::State(_)));
@@ -347,7 +382,9 @@ async fn watches_resume_after_the_connection_drops_and_relist_after_expiry() {
         .filter(|r| r.contains("endpointslices") && !r.contains("watch="))
         .count();
     server.drop_watches();
-    server.upsert(slice("web-def", "web", &["10.0.0.2"])).unwrap();
+    server
+        .upsert(slice("web-def", "web", &["10.0.0.2"]))
+        .unwrap();
     assert!(matches!(next(&mut s).await, Update::Add(_)));
     let requests = server.requests();
     let lists_after = requests
@@ -357,16 +394,26 @@ async fn watches_resume_after_the_connection_drops_and_relist_after_expiry() {
     assert_eq!(lists_before, lists_after, "resumed without listing again");
     let resumed = requests
         .iter()
-        .filter(|r| r.contains("endpointslices") && r.contains("watch=") && r.contains("resourceVersion="))
+        .filter(|r| {
+            r.contains("endpointslices") && r.contains("watch=") && r.contains("resourceVersion=")
+        })
         .count();
-    assert!(resumed >= 2, "the watch resumed from a resourceVersion: {requests:#?}");
+    assert!(
+        resumed >= 2,
+        "the watch resumed from a resourceVersion: {requests:#?}"
+    );
 
     // History compacted while disconnected: 410, list again, converge (the delete that
     // happened meanwhile is seen through the new list).
     server.compact();
     server.drop_watches();
     server
-        .remove("discovery.k8s.io/v1", "endpointslices", Some("shop"), "web-abc")
+        .remove(
+            "discovery.k8s.io/v1",
+            "endpointslices",
+            Some("shop"),
+            "web-abc",
+        )
         .unwrap();
     server.compact();
     match next(&mut s).await {
@@ -381,7 +428,9 @@ async fn two_controller_binaries_serve_side_by_side_and_one_leads() {
     let server = FakeApiServer::start();
     install_crds(&server).await;
     server.upsert(service("web", 80)).unwrap();
-    server.upsert(slice("web-abc", "web", &["10.0.0.1"])).unwrap();
+    server
+        .upsert(slice("web-abc", "web", &["10.0.0.1"]))
+        .unwrap();
     server.upsert(service("web-v1", 80)).unwrap();
     server.upsert(service("web-v2", 80)).unwrap();
     server.upsert(route("split", (90, json!(10)))).unwrap();
@@ -398,16 +447,24 @@ async fn two_controller_binaries_serve_side_by_side_and_one_leads() {
         assert!(matches!(next(&mut s).await, Update::State(st) if st.endpoints.len() == 1));
     }
     // One of them holds the Lease and writes status.
-    let obj = wait_status(&server, "gateway.networking.k8s.io/v1", "httproutes", "split", |o| {
-        route_condition(o, "Accepted").is_some()
-    })
-    .await;
+    let obj = route_status(&server, "split").await;
     assert_eq!(route_condition(&obj, "Accepted").unwrap().0, "True");
     let lease = server
-        .object("coordination.k8s.io/v1", "leases", Some("mesh-system"), "mesh-controller")
+        .object(
+            "coordination.k8s.io/v1",
+            "leases",
+            Some("mesh-system"),
+            "mesh-controller",
+        )
         .expect("the leader took the Lease");
-    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_string();
-    assert!(holder == "replica-a" || holder == "replica-b", "holder {holder}");
+    let holder = lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        holder == "replica-a" || holder == "replica-b",
+        "holder {holder}"
+    );
     // Only the leader patched the route's status.
     let patches = server
         .requests()
