@@ -316,8 +316,18 @@ impl Index {
         let endpoints: usize = s.views.values().map(|v| v.endpoint_count()).sum();
         drop(s);
         self.metrics.endpoints.set(endpoints as i64);
+        let workloads_changed = state.refresh_workloads(objs, &dirty.workloads);
         if dirty.conditions {
-            let mut report = state.report(objs);
+            state.conditions = state.report(objs);
+        }
+        if dirty.conditions || workloads_changed {
+            let mut report = state.conditions.clone();
+            report.extend(
+                state
+                    .workloads
+                    .iter()
+                    .map(|(k, st)| ((Kind::Workload, k.clone()), st.clone())),
+            );
             let previous = self.status.borrow().clone();
             status::stamp(&mut report, &previous, &status::now_rfc3339());
             if report != *previous {
@@ -334,6 +344,11 @@ struct Derived {
     grpc: BTreeMap<ObjKey, Converted>,
     table: RouteTable,
     policies: Resolved,
+    /// Conditions of routes and policies (recomputed when they or Services change).
+    conditions: StatusReport,
+    /// Conditions of Workloads that are, or were, invalid (updated per changed Workload, so
+    /// that thousands of valid Workloads cost nothing here).
+    workloads: BTreeMap<ObjKey, ObjectStatus>,
 }
 
 impl Derived {
@@ -450,7 +465,50 @@ impl Derived {
         self.policies = policies;
     }
 
-    /// Conditions of every route, policy and invalid Workload.
+    /// Updates the conditions of changed Workloads; true when any changed.
+    fn refresh_workloads(&mut self, objs: &Objects, dirty: &BTreeSet<ObjKey>) -> bool {
+        let mut changed = false;
+        for k in dirty {
+            let Some(w) = objs.workloads.get(k) else {
+                changed |= self.workloads.remove(k).is_some();
+                continue;
+            };
+            let cond = match w.spec.address.parse::<IpAddr>() {
+                Ok(_) if !self.workloads.contains_key(k) => continue,
+                Ok(_) => status::Condition::ok(
+                    "Accepted",
+                    "Accepted",
+                    "workload indexed",
+                    w.metadata.generation,
+                ),
+                Err(_) => status::Condition::fail(
+                    "Accepted",
+                    "InvalidAddress",
+                    &format!(
+                        "spec.address '{}' is not an IP address; Workloads are reached by IP",
+                        w.spec.address
+                    ),
+                    w.metadata.generation,
+                ),
+            };
+            let st = ObjectStatus {
+                kind: "Workload".into(),
+                namespace: k.namespace.clone(),
+                name: w.name_any(),
+                entries: vec![StatusEntry {
+                    parent_ref: None,
+                    conditions: vec![cond],
+                }],
+            };
+            if self.workloads.get(k) != Some(&st) {
+                self.workloads.insert(k.clone(), st);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Conditions of every route and policy.
     fn report(&self, objs: &Objects) -> StatusReport {
         let mut report = StatusReport::new();
         let mut route_status = |kind: Kind,
@@ -525,37 +583,6 @@ impl Derived {
                     entries: vec![StatusEntry {
                         parent_ref: None,
                         conditions: conditions.clone(),
-                    }],
-                },
-            );
-        }
-        for (k, w) in &objs.workloads {
-            let cond = match w.spec.address.parse::<IpAddr>() {
-                Ok(_) => status::Condition::ok(
-                    "Accepted",
-                    "Accepted",
-                    "workload indexed",
-                    w.metadata.generation,
-                ),
-                Err(_) => status::Condition::fail(
-                    "Accepted",
-                    "InvalidAddress",
-                    &format!(
-                        "spec.address '{}' is not an IP address; Workloads are reached by IP",
-                        w.spec.address
-                    ),
-                    w.metadata.generation,
-                ),
-            };
-            report.insert(
-                (Kind::Workload, k.clone()),
-                ObjectStatus {
-                    kind: "Workload".into(),
-                    namespace: k.namespace.clone(),
-                    name: w.name_any(),
-                    entries: vec![StatusEntry {
-                        parent_ref: None,
-                        conditions: vec![cond],
                     }],
                 },
             );

@@ -22,7 +22,8 @@ use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_crds::{BackendPolicy, Server, Workload};
-use notify::Watcher;
+use notify::event::ModifyKind;
+use notify::{EventKind, Watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
@@ -36,21 +37,28 @@ pub type FileErrors = Arc<Mutex<BTreeMap<PathBuf, String>>>;
 /// How often the directory is rescanned even without a notification.
 const RESCAN: Duration = Duration::from_secs(5);
 /// Quiet time after a notification before reloading, so that an editor's burst of writes
-/// (or `cp` of many files) becomes one reload.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+/// (or `cp` of many files) becomes one reload. Part of every change's propagation time.
+const DEBOUNCE: Duration = Duration::from_millis(25);
 
-/// The parsed content of one file.
+/// The content of one file and the objects it last held when valid.
 struct FileState {
     content: Vec<u8>,
     objects: Vec<Object>,
 }
 
-/// Reads a directory of objects and feeds the index.
+/// An object's identity across files.
+type ObjectId = (Kind, ObjKey);
+
+/// Reads a directory of objects and feeds the index with the changes of each reload.
 pub struct LocalSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Which file defines each object (the first to claim it).
+    owners: BTreeMap<ObjectId, PathBuf>,
     /// Files that do not parse or validate.
     parse_errors: BTreeMap<PathBuf, String>,
+    /// Files holding objects another file already defines.
+    duplicates: BTreeMap<PathBuf, String>,
     /// Parse errors and duplicates, as shown on the admin page.
     errors: FileErrors,
     metrics: Arc<Metrics>,
@@ -187,7 +195,9 @@ impl LocalSource {
         Self {
             dir,
             files: BTreeMap::new(),
+            owners: BTreeMap::new(),
             parse_errors: BTreeMap::new(),
+            duplicates: BTreeMap::new(),
             errors: FileErrors::default(),
             metrics,
             cluster_domain,
@@ -198,8 +208,42 @@ impl LocalSource {
         self.errors.clone()
     }
 
-    /// Re-reads the directory; returns the complete object set when anything changed.
-    pub fn reload(&mut self) -> Option<Vec<Object>> {
+    /// Takes ownership of an object for `path` (unless another file has it).
+    fn claim(&mut self, obj: &Object, path: &Path, changes: &mut Vec<Change>) {
+        let id = (obj.kind(), obj.key());
+        match self.owners.get(&id) {
+            Some(owner) if owner != path => {
+                let msg = format!(
+                    "{} {} is also defined in {}; this copy is ignored",
+                    id.0,
+                    id.1,
+                    owner.display()
+                );
+                self.duplicates.entry(path.to_path_buf()).or_insert(msg);
+            }
+            _ => {
+                self.owners.insert(id, path.to_path_buf());
+                changes.push(Change::Apply(obj.clone()));
+            }
+        }
+    }
+
+    /// Gives up an object `path` no longer defines.
+    fn release(&mut self, obj: &Object, path: &Path, changes: &mut Vec<Change>) -> bool {
+        let id = (obj.kind(), obj.key());
+        if self.owners.get(&id).is_some_and(|o| o == path) {
+            self.owners.remove(&id);
+            changes.push(Change::Delete(id.0, id.1));
+            return true;
+        }
+        false
+    }
+
+    /// Re-reads the directory and returns what changed. Only files whose content changed are
+    /// parsed again, and only their objects are sent, so a one-file edit costs the index one
+    /// object whatever the size of the directory.
+    pub fn reload(&mut self) -> Vec<Change> {
+        let mut changes = Vec::new();
         let mut paths = Vec::new();
         if let Err(e) = yaml_files(&self.dir, &mut paths) {
             tracing::warn!(dir = %self.dir.display(), "cannot read the config directory: {e}");
@@ -207,10 +251,10 @@ impl LocalSource {
                 .watch_errors
                 .get_or_create(&KindLabel { kind: "directory" })
                 .inc();
-            return None;
+            return changes;
         }
         paths.sort();
-        let mut changed = false;
+        let mut released = false;
         let present: BTreeSet<&PathBuf> = paths.iter().collect();
         let gone: Vec<PathBuf> = self
             .files
@@ -220,9 +264,13 @@ impl LocalSource {
             .collect();
         for p in gone {
             tracing::info!(file = %p.display(), "file removed; its objects are deleted");
-            self.files.remove(&p);
             self.parse_errors.remove(&p);
-            changed = true;
+            self.duplicates.remove(&p);
+            if let Some(f) = self.files.remove(&p) {
+                for o in &f.objects {
+                    released |= self.release(o, &p, &mut changes);
+                }
+            }
         }
         for path in &paths {
             let content = match std::fs::read(path) {
@@ -242,9 +290,26 @@ impl LocalSource {
                     if self.parse_errors.remove(path).is_some() {
                         tracing::info!(file = %path.display(), "file is valid again");
                     }
-                    self.files
-                        .insert(path.clone(), FileState { content, objects });
-                    changed = true;
+                    self.duplicates.remove(path);
+                    let old = self
+                        .files
+                        .insert(
+                            path.clone(),
+                            FileState {
+                                content,
+                                objects: objects.clone(),
+                            },
+                        )
+                        .map(|f| f.objects)
+                        .unwrap_or_default();
+                    let now: BTreeSet<ObjectId> =
+                        objects.iter().map(|o| (o.kind(), o.key())).collect();
+                    for o in old.iter().filter(|o| !now.contains(&(o.kind(), o.key()))) {
+                        released |= self.release(o, path, &mut changes);
+                    }
+                    for o in &objects {
+                        self.claim(o, path, &mut changes);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -268,39 +333,37 @@ impl LocalSource {
                 }
             }
         }
-        // The same object in two files: the first file (by path) wins.
-        let mut errors = self.parse_errors.clone();
-        let mut seen: BTreeMap<(Kind, ObjKey), &PathBuf> = BTreeMap::new();
-        let mut all = Vec::new();
-        for (path, f) in &self.files {
-            for o in &f.objects {
-                let id = (o.kind(), o.key());
-                if let Some(first) = seen.get(&id) {
-                    let msg = format!(
-                        "{} {} is also defined in {}; this copy is ignored",
-                        id.0,
-                        id.1,
-                        first.display()
-                    );
-                    errors.entry(path.clone()).or_insert(msg);
-                    continue;
+        // An object given up by one file may now belong to a file that had a duplicate.
+        if released && !self.duplicates.is_empty() {
+            let waiting: Vec<PathBuf> = self.duplicates.keys().cloned().collect();
+            for path in waiting {
+                self.duplicates.remove(&path);
+                let objects = self
+                    .files
+                    .get(&path)
+                    .map(|f| f.objects.clone())
+                    .unwrap_or_default();
+                for o in &objects {
+                    self.claim(o, &path, &mut changes);
                 }
-                seen.insert(id, path);
-                all.push(o.clone());
+            }
+        }
+        let mut errors = self.parse_errors.clone();
+        for (path, msg) in &self.duplicates {
+            if !errors.contains_key(path) {
+                errors.insert(path.clone(), msg.clone());
             }
         }
         self.metrics.invalid_files.set(errors.len() as i64);
         let mut shared = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        if changed {
-            for (path, msg) in &errors {
-                if !self.parse_errors.contains_key(path) {
-                    tracing::warn!(file = %path.display(), "{msg}");
-                }
+        for (path, msg) in &self.duplicates {
+            if shared.get(path) != Some(msg) {
+                tracing::warn!(file = %path.display(), "{msg}");
             }
         }
         *shared = errors;
         drop(shared);
-        changed.then_some(all)
+        changes
     }
 
     /// Loads the directory, sends the state, then follows changes until the index is gone.
@@ -308,27 +371,32 @@ impl LocalSource {
         let (ntx, mut nrx) = mpsc::channel::<()>(1);
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if res.is_ok() {
+                // Only content and name changes matter; our own reads (access events) and
+                // metadata changes must not trigger a reload.
+                if res.is_ok_and(|e| {
+                    matches!(
+                        e.kind,
+                        EventKind::Create(_)
+                            | EventKind::Remove(_)
+                            | EventKind::Modify(
+                                ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any
+                            )
+                            | EventKind::Any
+                    )
+                }) {
                     let _ = ntx.try_send(());
                 }
             })?;
         watcher.watch(&self.dir, notify::RecursiveMode::Recursive)?;
         let mut first = true;
         loop {
-            let dir_ok = self.dir.is_dir();
-            if let Some(objects) = self.reload() {
-                if send_all(&tx, objects).await.is_err() {
+            for change in self.reload() {
+                if tx.send(Input::Change(change)).await.is_err() {
                     return Ok(());
                 }
             }
-            if first {
-                first = false;
-                if !dir_ok {
-                    anyhow::bail!("{} is not a directory", self.dir.display());
-                }
-                if tx.send(Input::Synced).await.is_err() {
-                    return Ok(());
-                }
+            if std::mem::take(&mut first) && tx.send(Input::Synced).await.is_err() {
+                return Ok(());
             }
             tokio::select! {
                 _ = nrx.recv() => {
@@ -340,23 +408,6 @@ impl LocalSource {
             }
         }
     }
-}
-
-/// Sends the complete object set as one Reset per kind.
-async fn send_all(tx: &mpsc::Sender<Input>, objects: Vec<Object>) -> Result<(), ()> {
-    let mut by_kind: BTreeMap<Kind, Vec<Object>> =
-        Kind::ALL.iter().map(|k| (*k, Vec::new())).collect();
-    for o in objects {
-        by_kind.entry(o.kind()).or_default().push(o);
-    }
-    // Pods only come from Kubernetes.
-    by_kind.remove(&Kind::Pod);
-    for (kind, objs) in by_kind {
-        tx.send(Input::Change(Change::Reset(kind, objs)))
-            .await
-            .map_err(|_| ())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -405,6 +456,45 @@ spec:
         )
         .unwrap_err();
         assert!(e.contains("spec.timeout"), "{e}");
+    }
+
+    #[test]
+    fn reloads_send_only_what_changed_and_duplicates_wait_their_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = |port: u16| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\nspec: {{ports: [{{port: {port}}}]}}\n")
+        };
+        std::fs::write(dir.path().join("a.yaml"), svc(80)).unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            svc(80).replace("name: x", "name: y"),
+        )
+        .unwrap();
+        let mut src = LocalSource::new(dir.path().into(), Arc::new(Metrics::new()), "c".into());
+        assert_eq!(src.reload().len(), 2, "initial load sends every object");
+        assert!(src.reload().is_empty(), "nothing changed, nothing sent");
+
+        // A second definition of x is reported and ignored.
+        std::fs::write(dir.path().join("b.yaml"), svc(81)).unwrap();
+        assert!(src.reload().is_empty());
+        let errors = src.errors().lock().unwrap().clone();
+        assert!(
+            errors[&dir.path().join("b.yaml")].contains("also defined in"),
+            "{errors:?}"
+        );
+
+        // When a.yaml goes, b.yaml's copy takes over.
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        let changes = src.reload();
+        assert!(
+            matches!(changes[0], Change::Delete(Kind::Service, _)),
+            "{changes:?}"
+        );
+        assert!(
+            matches!(&changes[1], Change::Apply(Object::Service(s)) if s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port == 81),
+            "{changes:?}"
+        );
+        assert!(src.errors().lock().unwrap().is_empty());
     }
 
     #[test]

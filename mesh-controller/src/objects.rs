@@ -244,11 +244,16 @@ pub struct Dirty {
     pub inbound_namespaces: BTreeSet<String>,
     /// Routes or policies changed: their status conditions need recomputing.
     pub conditions: bool,
+    /// Workloads whose condition (address validity) needs recomputing.
+    pub workloads: BTreeSet<ObjKey>,
 }
 
 impl Dirty {
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && self.inbound_namespaces.is_empty() && !self.conditions
+        self.services.is_empty()
+            && self.inbound_namespaces.is_empty()
+            && !self.conditions
+            && self.workloads.is_empty()
     }
 }
 
@@ -517,9 +522,9 @@ impl Objects {
             Object::Workload(w) => {
                 let key = ObjKey::of(w.as_ref());
                 self.touch_selecting(&key.namespace, w.labels(), dirty);
-                dirty.inbound_namespaces.insert(key.namespace);
+                dirty.inbound_namespaces.insert(key.namespace.clone());
                 // Workloads carry an Accepted condition (address validity).
-                dirty.conditions = true;
+                dirty.workloads.insert(key);
             }
             Object::Server(s) => {
                 dirty

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::ResourceExt;
 use mesh_core::{BackendPolicy, Endpoint, Identity, ProtocolHint, Route, ServiceProfile};
 
 use crate::objects::{ObjKey, Objects};

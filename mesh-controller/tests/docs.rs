@@ -23,7 +23,10 @@ fn docs_and_example_objects_load() {
             checked += 1;
         }
     }
-    assert!(checked >= 6, "expected the object examples, found {checked}");
+    assert!(
+        checked >= 6,
+        "expected the object examples, found {checked}"
+    );
     let mut files = 0;
     for entry in std::fs::read_dir(root.join("examples/local")).unwrap() {
         let path = entry.unwrap().path();

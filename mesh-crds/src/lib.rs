@@ -318,7 +318,10 @@ mod tests {
         assert!(yaml.contains("name: backendpolicies.mesh.dev"));
         assert!(yaml.contains("name: workloads.mesh.dev"));
         assert!(yaml.contains("name: servers.mesh.dev"));
-        assert!(yaml.contains(DURATION_PATTERN), "duration pattern in schema");
+        assert!(
+            yaml.contains(DURATION_PATTERN),
+            "duration pattern in schema"
+        );
         assert!(yaml.contains("x-kubernetes-int-or-string"), "{yaml}");
         assert!(yaml.contains("maximum: 65535"));
     }

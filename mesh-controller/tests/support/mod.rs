@@ -34,7 +34,12 @@ impl Controller {
         let child = Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
             .args(["--source", "local", "--config-dir"])
             .arg(dir)
-            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
+            .args([
+                "--grpc-addr",
+                &grpc.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+            ])
             .env("MESH_CONTROLLER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -50,7 +55,12 @@ impl Controller {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_mesh-controller"))
             .args(["--source", "kubernetes"])
-            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
+            .args([
+                "--grpc-addr",
+                &grpc.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+            ])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
             .env("MESH_CONTROLLER_LOG", "warn")
@@ -82,7 +92,9 @@ impl Controller {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        let r = http_get(self.admin, "localhost", "/status").await.expect("status");
+        let r = http_get(self.admin, "localhost", "/status")
+            .await
+            .expect("status");
         serde_json::from_str(&r.body).expect("status is JSON")
     }
 
@@ -120,7 +132,10 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Resu
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok(Reply { status, body })
 }
 
@@ -144,20 +159,26 @@ pub async fn upstream(name: &'static str) -> Upstream {
     let h = hits.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((io, _)) = listener.accept().await else { continue };
+            let Ok((io, _)) = listener.accept().await else {
+                continue;
+            };
             let h = h.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
-                    h.fetch_add(1, Ordering::Relaxed);
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from(name)),
-                        ))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-                    .await;
+                let svc = hyper::service::service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(name)),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
             });
         }
     });
@@ -178,7 +199,9 @@ pub async fn proxy(controller: SocketAddr, workload: &str) -> mesh_proxy::app::R
         ..Default::default()
     };
     let cfg = mesh_proxy::config::Config::from_raw(&raw).expect("valid proxy config");
-    mesh_proxy::app::start(cfg, None).await.expect("proxy starts")
+    mesh_proxy::app::start(cfg, None)
+        .await
+        .expect("proxy starts")
 }
 
 /// A gRPC discovery stream straight from the controller.
@@ -186,9 +209,10 @@ pub async fn destination(
     controller: SocketAddr,
     authority: &str,
 ) -> tonic::Streaming<pb::DestinationUpdate> {
-    let mut client = pb::destination_client::DestinationClient::connect(format!("http://{controller}"))
-        .await
-        .expect("connect to controller");
+    let mut client =
+        pb::destination_client::DestinationClient::connect(format!("http://{controller}"))
+            .await
+            .expect("connect to controller");
     client
         .get(pb::GetDestination {
             authority: authority.into(),
@@ -200,7 +224,9 @@ pub async fn destination(
 }
 
 /// Next message on a stream, within 5 s.
-pub async fn next(s: &mut tonic::Streaming<pb::DestinationUpdate>) -> pb::destination_update::Update {
+pub async fn next(
+    s: &mut tonic::Streaming<pb::DestinationUpdate>,
+) -> pb::destination_update::Update {
     tokio::time::timeout(Duration::from_secs(5), s.message())
         .await
         .expect("an update within 5s")
