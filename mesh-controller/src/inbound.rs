@@ -15,7 +15,7 @@ use mesh_crds::{Server, ServerProtocol};
 
 use crate::objects::{ObjKey, Objects};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WorkloadKind {
     Pod,
     Workload,
@@ -69,59 +69,66 @@ pub struct InboundState {
     pub protocol: ServerProtocol,
 }
 
+/// The labels and named ports of one Pod or Workload.
 #[derive(Debug, Default, PartialEq)]
-struct Member {
+pub struct Member {
     labels: BTreeMap<String, String>,
     ports: BTreeMap<String, u16>,
 }
 
-/// The inbound-relevant objects of one namespace.
-#[derive(Debug, Default, PartialEq)]
+impl Member {
+    /// The current Pod or Workload, if it exists.
+    pub fn of(objs: &Objects, kind: WorkloadKind, key: &ObjKey) -> Option<Self> {
+        match kind {
+            WorkloadKind::Pod => objs.pods.get(key).map(|p| Member {
+                labels: p.labels.clone(),
+                ports: p.ports.clone(),
+            }),
+            WorkloadKind::Workload => objs.workloads.get(key).map(|w| Member {
+                labels: w.labels().clone(),
+                ports: w
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|p| (p.name.clone(), p.port))
+                    .collect(),
+            }),
+        }
+    }
+}
+
+/// The inbound-relevant objects of one namespace, updated in place: the Servers when one
+/// changes, one member when its Pod or Workload changes.
+#[derive(Debug, Default)]
 pub struct NamespaceInbound {
     servers: Vec<Arc<Server>>,
     members: HashMap<(WorkloadKind, String), Member>,
 }
 
 impl NamespaceInbound {
-    pub fn build(objs: &Objects, namespace: &str) -> Self {
+    /// The Servers of a namespace, by name.
+    pub fn servers_of(objs: &Objects, namespace: &str) -> Vec<Arc<Server>> {
         let start = ObjKey::new(namespace, "");
-        let servers = objs
-            .servers
-            .range(start.clone()..)
+        objs.servers
+            .range(start..)
             .take_while(|(k, _)| k.namespace == namespace)
             .map(|(_, s)| s.clone())
-            .collect();
-        let mut members = HashMap::new();
-        for (k, p) in objs.pods.range(start.clone()..) {
-            if k.namespace != namespace {
-                break;
+            .collect()
+    }
+
+    pub fn set_servers(&mut self, servers: Vec<Arc<Server>>) {
+        self.servers = servers;
+    }
+
+    pub fn set_member(&mut self, kind: WorkloadKind, name: &str, member: Option<Member>) {
+        match member {
+            Some(m) => {
+                self.members.insert((kind, name.to_string()), m);
             }
-            members.insert(
-                (WorkloadKind::Pod, k.name.clone()),
-                Member {
-                    labels: p.labels.clone(),
-                    ports: p.ports.clone(),
-                },
-            );
-        }
-        for (k, w) in objs.workloads.range(start..) {
-            if k.namespace != namespace {
-                break;
+            None => {
+                self.members.remove(&(kind, name.to_string()));
             }
-            members.insert(
-                (WorkloadKind::Workload, k.name.clone()),
-                Member {
-                    labels: w.labels().clone(),
-                    ports: w
-                        .spec
-                        .ports
-                        .iter()
-                        .map(|p| (p.name.clone(), p.port))
-                        .collect(),
-                },
-            );
         }
-        Self { servers, members }
     }
 
     pub fn state(&self, key: &InboundKey) -> InboundState {

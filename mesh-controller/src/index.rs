@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::inbound::{InboundKey, InboundState, NamespaceInbound};
+use crate::inbound::{InboundKey, InboundState, Member, NamespaceInbound, WorkloadKind};
 use crate::metrics::{KindLabel, Metrics};
 use crate::objects::{Change, Dirty, Kind, ObjKey, Objects};
 use crate::policies::{self, Resolved};
@@ -34,6 +34,9 @@ pub type DestinationRx = watch::Receiver<Option<Arc<PortState>>>;
 #[derive(Debug)]
 pub enum Input {
     Change(Change),
+    /// Changes that belong together (one reload of the local directory): applied and
+    /// published as one.
+    Batch(Vec<Change>),
     /// The backend has sent its complete initial state: the controller is ready.
     Synced,
 }
@@ -49,7 +52,7 @@ struct Shared {
     views: HashMap<ObjKey, Arc<ServiceView>>,
     by_ip: HashMap<IpAddr, ObjKey>,
     destinations: HashMap<Target, watch::Sender<Option<Arc<PortState>>>>,
-    namespaces: HashMap<String, Arc<NamespaceInbound>>,
+    namespaces: HashMap<String, NamespaceInbound>,
     inbound: HashMap<InboundKey, watch::Sender<InboundState>>,
 }
 
@@ -170,18 +173,11 @@ impl Index {
             while let Some(input) = next.take() {
                 match input {
                     Input::Synced => synced = true,
-                    Input::Change(c) => {
-                        let kind = match &c {
-                            Change::Apply(o) => o.kind(),
-                            Change::Delete(k, _) | Change::Reset(k, _) => *k,
-                        };
-                        self.metrics
-                            .changes
-                            .get_or_create(&KindLabel {
-                                kind: kind.as_str(),
-                            })
-                            .inc();
-                        objs.apply(c, &mut dirty);
+                    Input::Change(c) => self.apply(&mut objs, c, &mut dirty),
+                    Input::Batch(list) => {
+                        for c in list {
+                            self.apply(&mut objs, c, &mut dirty);
+                        }
                     }
                 }
                 n += 1;
@@ -216,6 +212,20 @@ impl Index {
         }
     }
 
+    fn apply(&self, objs: &mut Objects, c: Change, dirty: &mut Dirty) {
+        let kind = match &c {
+            Change::Apply(o) => o.kind(),
+            Change::Delete(k, _) | Change::Reset(k, _) => *k,
+        };
+        self.metrics
+            .changes
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+        objs.apply(c, dirty);
+    }
+
     /// Drops channels nobody watches any more.
     fn collect_garbage(&self) {
         let mut s = self.lock();
@@ -237,10 +247,15 @@ impl Index {
                 (k.clone(), v)
             })
             .collect();
-        let namespaces: Vec<(String, Arc<NamespaceInbound>)> = dirty
-            .inbound_namespaces
+        let servers: Vec<(String, Vec<Arc<mesh_crds::Server>>)> = dirty
+            .inbound_servers
             .iter()
-            .map(|ns| (ns.clone(), Arc::new(NamespaceInbound::build(objs, ns))))
+            .map(|ns| (ns.clone(), NamespaceInbound::servers_of(objs, ns)))
+            .collect();
+        let members: Vec<(&(WorkloadKind, ObjKey), Option<Member>)> = dirty
+            .inbound_members
+            .iter()
+            .map(|m| (m, Member::of(objs, m.0, &m.1)))
             .collect();
         let mut s = self.lock();
         for (key, view) in views {
@@ -287,17 +302,28 @@ impl Index {
                 }
             }
         }
-        for (ns, data) in namespaces {
-            s.namespaces.insert(ns, data);
+        for (ns, list) in servers {
+            s.namespaces.entry(ns).or_default().set_servers(list);
         }
-        if !dirty.inbound_namespaces.is_empty() {
+        for ((kind, key), member) in members {
+            s.namespaces
+                .entry(key.namespace.clone())
+                .or_default()
+                .set_member(*kind, &key.name, member);
+        }
+        if !dirty.inbound_servers.is_empty() || !dirty.inbound_members.is_empty() {
             let Shared {
                 inbound,
                 namespaces,
                 ..
             } = &*s;
             for (key, tx) in inbound.iter() {
-                if dirty.inbound_namespaces.contains(&key.namespace) {
+                let touched = dirty.inbound_servers.contains(&key.namespace)
+                    || dirty.inbound_members.contains(&(
+                        key.kind,
+                        ObjKey::new(key.namespace.clone(), key.name.clone()),
+                    ));
+                if touched {
                     let value = namespaces
                         .get(&key.namespace)
                         .map(|n| n.state(key))

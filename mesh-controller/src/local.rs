@@ -22,7 +22,7 @@ use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_crds::{BackendPolicy, Server, Workload};
-use notify::event::ModifyKind;
+use notify::event::{CreateKind, ModifyKind, RemoveKind};
 use notify::{EventKind, Watcher};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -166,6 +166,19 @@ pub fn parse_file(text: &str, cluster_domain: &str) -> Result<Vec<Object>, Strin
 
 use serde::Deserialize;
 
+/// A YAML file that is not hidden (editors' and tools' temporary files start with `.`).
+fn is_config_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        )
+}
+
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -239,9 +252,91 @@ impl LocalSource {
         false
     }
 
-    /// Re-reads the directory and returns what changed. Only files whose content changed are
-    /// parsed again, and only their objects are sent, so a one-file edit costs the index one
-    /// object whatever the size of the directory.
+    /// Forgets a file that is gone, deleting the objects it owned.
+    fn forget(&mut self, path: &Path, changes: &mut Vec<Change>) -> bool {
+        let mut released = false;
+        self.parse_errors.remove(path);
+        self.duplicates.remove(path);
+        if let Some(f) = self.files.remove(path) {
+            tracing::info!(file = %path.display(), "file removed; its objects are deleted");
+            for o in &f.objects {
+                released |= self.release(o, path, changes);
+            }
+        }
+        released
+    }
+
+    /// Reads one file again if its content changed; true when it gave up objects.
+    fn read(&mut self, path: &Path, changes: &mut Vec<Change>) -> bool {
+        let content = match std::fs::read(path) {
+            Ok(c) => c,
+            // Vanished between the event (or listing) and now: it is gone.
+            Err(_) => return self.forget(path, changes),
+        };
+        if self.files.get(path).is_some_and(|f| f.content == content) {
+            return false;
+        }
+        let mut released = false;
+        let text = String::from_utf8_lossy(&content);
+        match parse_file(&text, &self.cluster_domain) {
+            Ok(objects) => {
+                if self.parse_errors.remove(path).is_some() {
+                    tracing::info!(file = %path.display(), "file is valid again");
+                }
+                self.duplicates.remove(path);
+                let old = self
+                    .files
+                    .insert(
+                        path.to_path_buf(),
+                        FileState {
+                            content,
+                            objects: objects.clone(),
+                        },
+                    )
+                    .map(|f| f.objects)
+                    .unwrap_or_default();
+                let now: BTreeSet<ObjectId> = objects.iter().map(|o| (o.kind(), o.key())).collect();
+                for o in old.iter().filter(|o| !now.contains(&(o.kind(), o.key()))) {
+                    released |= self.release(o, path, changes);
+                }
+                // Only objects that differ from the file's previous version are sent.
+                let before: BTreeMap<ObjectId, &Object> =
+                    old.iter().map(|o| ((o.kind(), o.key()), o)).collect();
+                for o in &objects {
+                    let id = (o.kind(), o.key());
+                    let owned = self.owners.get(&id).is_some_and(|p| p == path);
+                    if owned && before.get(&id).is_some_and(|b| b.same(o)) {
+                        continue;
+                    }
+                    self.claim(o, path, changes);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "rejected: {e}; the file's previous objects stay in force"
+                );
+                self.metrics
+                    .watch_errors
+                    .get_or_create(&KindLabel { kind: "file" })
+                    .inc();
+                self.parse_errors.insert(path.to_path_buf(), e);
+                // Keep the old objects under the new (bad) content, so that the same bad
+                // content is reported once and a fix is noticed.
+                let objects = self
+                    .files
+                    .remove(path)
+                    .map(|f| f.objects)
+                    .unwrap_or_default();
+                self.files
+                    .insert(path.to_path_buf(), FileState { content, objects });
+            }
+        }
+        released
+    }
+
+    /// Re-reads the whole directory and returns what changed. Only files whose content
+    /// changed are parsed again, and only objects that changed are sent.
     pub fn reload(&mut self) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut paths = Vec::new();
@@ -253,8 +348,6 @@ impl LocalSource {
                 .inc();
             return changes;
         }
-        paths.sort();
-        let mut released = false;
         let present: BTreeSet<&PathBuf> = paths.iter().collect();
         let gone: Vec<PathBuf> = self
             .files
@@ -262,78 +355,43 @@ impl LocalSource {
             .filter(|p| !present.contains(p))
             .cloned()
             .collect();
+        let mut released = false;
         for p in gone {
-            tracing::info!(file = %p.display(), "file removed; its objects are deleted");
-            self.parse_errors.remove(&p);
-            self.duplicates.remove(&p);
-            if let Some(f) = self.files.remove(&p) {
-                for o in &f.objects {
-                    released |= self.release(o, &p, &mut changes);
-                }
-            }
+            released |= self.forget(&p, &mut changes);
         }
         for path in &paths {
-            let content = match std::fs::read(path) {
-                Ok(c) => c,
-                Err(e) => {
-                    // Vanished between listing and reading: the next pass sees it gone.
-                    tracing::debug!(file = %path.display(), "cannot read: {e}");
-                    continue;
-                }
-            };
-            if self.files.get(path).is_some_and(|f| f.content == content) {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&content);
-            match parse_file(&text, &self.cluster_domain) {
-                Ok(objects) => {
-                    if self.parse_errors.remove(path).is_some() {
-                        tracing::info!(file = %path.display(), "file is valid again");
-                    }
-                    self.duplicates.remove(path);
-                    let old = self
-                        .files
-                        .insert(
-                            path.clone(),
-                            FileState {
-                                content,
-                                objects: objects.clone(),
-                            },
-                        )
-                        .map(|f| f.objects)
-                        .unwrap_or_default();
-                    let now: BTreeSet<ObjectId> =
-                        objects.iter().map(|o| (o.kind(), o.key())).collect();
-                    for o in old.iter().filter(|o| !now.contains(&(o.kind(), o.key()))) {
-                        released |= self.release(o, path, &mut changes);
-                    }
-                    for o in &objects {
-                        self.claim(o, path, &mut changes);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        file = %path.display(),
-                        "rejected: {e}; the file's previous objects stay in force"
-                    );
-                    self.metrics
-                        .watch_errors
-                        .get_or_create(&KindLabel { kind: "file" })
-                        .inc();
-                    self.parse_errors.insert(path.clone(), e);
-                    // Keep the old objects under the new (bad) content, so that the same bad
-                    // content is reported once and a fix is noticed.
-                    let objects = self
-                        .files
-                        .remove(path)
-                        .map(|f| f.objects)
-                        .unwrap_or_default();
-                    self.files
-                        .insert(path.clone(), FileState { content, objects });
-                }
-            }
+            released |= self.read(path, &mut changes);
         }
-        // An object given up by one file may now belong to a file that had a duplicate.
+        self.finish(released, &mut changes);
+        changes
+    }
+
+    /// Re-reads only the files a notification named.
+    pub fn reload_paths(&mut self, paths: &BTreeSet<PathBuf>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut released = false;
+        // Files under a hidden directory are not config either (the full scan skips them).
+        let visible = |p: &&PathBuf| {
+            p.strip_prefix(&self.dir).is_ok_and(|rel| {
+                rel.components()
+                    .all(|c| !c.as_os_str().to_string_lossy().starts_with('.'))
+            })
+        };
+        let paths: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| is_config_file(p))
+            .filter(visible)
+            .cloned()
+            .collect();
+        for path in &paths {
+            released |= self.read(path, &mut changes);
+        }
+        self.finish(released, &mut changes);
+        changes
+    }
+
+    /// Lets waiting duplicates take over released objects and publishes the file errors.
+    fn finish(&mut self, released: bool, changes: &mut Vec<Change>) {
         if released && !self.duplicates.is_empty() {
             let waiting: Vec<PathBuf> = self.duplicates.keys().cloned().collect();
             for path in waiting {
@@ -344,7 +402,7 @@ impl LocalSource {
                     .map(|f| f.objects.clone())
                     .unwrap_or_default();
                 for o in &objects {
-                    self.claim(o, &path, &mut changes);
+                    self.claim(o, &path, changes);
                 }
             }
         }
@@ -362,49 +420,71 @@ impl LocalSource {
             }
         }
         *shared = errors;
-        drop(shared);
-        changes
     }
 
     /// Loads the directory, sends the state, then follows changes until the index is gone.
     pub async fn run(mut self, tx: mpsc::Sender<Input>) -> anyhow::Result<()> {
-        let (ntx, mut nrx) = mpsc::channel::<()>(1);
+        // Notifications carry the paths they concern; `None` asks for a full rescan (a
+        // directory appeared or went, or the watcher lost track).
+        let (ntx, mut nrx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                let Ok(e) = res else {
+                    let _ = ntx.send(None);
+                    return;
+                };
                 // Only content and name changes matter; our own reads (access events) and
                 // metadata changes must not trigger a reload.
-                if res.is_ok_and(|e| {
-                    matches!(
-                        e.kind,
-                        EventKind::Create(_)
-                            | EventKind::Remove(_)
-                            | EventKind::Modify(
-                                ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any
-                            )
-                            | EventKind::Any
-                    )
-                }) {
-                    let _ = ntx.try_send(());
+                let relevant = matches!(
+                    e.kind,
+                    EventKind::Create(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(
+                            ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any
+                        )
+                        | EventKind::Any
+                );
+                if !relevant {
+                    return;
                 }
+                let whole = matches!(
+                    e.kind,
+                    EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+                ) || e.need_rescan()
+                    || e.paths.iter().any(|p| p.is_dir());
+                let _ = ntx.send((!whole).then_some(e.paths));
             })?;
         watcher.watch(&self.dir, notify::RecursiveMode::Recursive)?;
-        let mut first = true;
+        let mut changes = self.reload();
+        if !changes.is_empty() && tx.send(Input::Batch(changes)).await.is_err() {
+            return Ok(());
+        }
+        if tx.send(Input::Synced).await.is_err() {
+            return Ok(());
+        }
         loop {
-            for change in self.reload() {
-                if tx.send(Input::Change(change)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if std::mem::take(&mut first) && tx.send(Input::Synced).await.is_err() {
-                return Ok(());
-            }
             tokio::select! {
-                _ = nrx.recv() => {
+                first = nrx.recv() => {
+                    let Some(first) = first else { return Ok(()) };
                     tokio::time::sleep(DEBOUNCE).await;
-                    while nrx.try_recv().is_ok() {}
+                    let mut paths = BTreeSet::new();
+                    let mut rescan = false;
+                    let mut next = Some(first);
+                    while let Some(n) = next.take() {
+                        match n {
+                            Some(p) => paths.extend(p),
+                            None => rescan = true,
+                        }
+                        next = nrx.try_recv().ok();
+                    }
+                    changes = if rescan { self.reload() } else { self.reload_paths(&paths) };
                 }
-                _ = tokio::time::sleep(RESCAN) => {}
+                _ = tokio::time::sleep(RESCAN) => changes = self.reload(),
                 _ = tx.closed() => return Ok(()),
+            }
+            // One reload is one batch for the index: one recomputation, one publication.
+            if !changes.is_empty() && tx.send(Input::Batch(changes)).await.is_err() {
+                return Ok(());
             }
         }
     }

@@ -16,6 +16,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use mesh_crds::{BackendPolicy, Server, Workload};
 
+use crate::inbound::WorkloadKind;
+
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Name of the proxy container (or native-sidecar init container) in a meshed Pod.
@@ -241,7 +243,9 @@ pub struct Objects {
 pub struct Dirty {
     pub services: BTreeSet<ObjKey>,
     /// Namespaces whose inbound policies (Servers, Pod/Workload labels) may have changed.
-    pub inbound_namespaces: BTreeSet<String>,
+    pub inbound_servers: BTreeSet<String>,
+    /// Pods and Workloads whose labels or ports may have changed (for inbound policy).
+    pub inbound_members: BTreeSet<(WorkloadKind, ObjKey)>,
     /// Routes or policies changed: their status conditions need recomputing.
     pub conditions: bool,
     /// Workloads whose condition (address validity) needs recomputing.
@@ -251,7 +255,8 @@ pub struct Dirty {
 impl Dirty {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
-            && self.inbound_namespaces.is_empty()
+            && self.inbound_servers.is_empty()
+            && self.inbound_members.is_empty()
             && !self.conditions
             && self.workloads.is_empty()
     }
@@ -517,18 +522,22 @@ impl Objects {
                         dirty.services.insert(svc);
                     }
                 }
-                dirty.inbound_namespaces.insert(p.key.namespace.clone());
+                dirty
+                    .inbound_members
+                    .insert((WorkloadKind::Pod, p.key.clone()));
             }
             Object::Workload(w) => {
                 let key = ObjKey::of(w.as_ref());
                 self.touch_selecting(&key.namespace, w.labels(), dirty);
-                dirty.inbound_namespaces.insert(key.namespace.clone());
+                dirty
+                    .inbound_members
+                    .insert((WorkloadKind::Workload, key.clone()));
                 // Workloads carry an Accepted condition (address validity).
                 dirty.workloads.insert(key);
             }
             Object::Server(s) => {
                 dirty
-                    .inbound_namespaces
+                    .inbound_servers
                     .insert(ObjKey::of(s.as_ref()).namespace);
             }
             Object::BackendPolicy(p) => {
