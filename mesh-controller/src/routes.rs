@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRulesMatchesMethodType};
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRulesFilters, HttpRouteRulesMatchesHeadersType,
-    HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
+    HttpRoute, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
 };
 use kube::ResourceExt;
 use mesh_core::{
@@ -230,6 +230,59 @@ fn header_modifier(
     }
 }
 
+/// The `RequestHeaderModifier` of a rule (HTTPRoute and GRPCRoute filters have the same
+/// shape but different generated types); any other filter makes the route unsupported.
+macro_rules! rule_headers {
+    ($rule:expr, $where_:expr) => {{
+        let mut headers = Ok(HeaderModifier::default());
+        for (fi, f) in $rule.filters.iter().flatten().enumerate() {
+            match &f.request_header_modifier {
+                Some(m) => {
+                    headers = Ok(header_modifier(
+                        m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
+                        m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
+                        m.remove.clone().unwrap_or_default(),
+                    ));
+                }
+                None => {
+                    headers = Err((
+                        "UnsupportedValue".to_string(),
+                        format!(
+                            "{}.filters[{fi}]: filter type {:?} is not supported (only RequestHeaderModifier)",
+                            $where_, f.r#type
+                        ),
+                    ));
+                    break;
+                }
+            }
+        }
+        headers
+    }};
+}
+
+/// The weighted backends of a rule (same field names in both route kinds).
+macro_rules! rule_backends {
+    ($rule:expr, $objs:expr, $ns:expr, $domain:expr, $where_:expr, $resolved:expr) => {
+        backends(
+            $objs,
+            $ns,
+            $domain,
+            $rule.backend_refs.iter().flatten().map(|b| {
+                (
+                    b.group.as_deref(),
+                    b.kind.as_deref(),
+                    b.name.as_str(),
+                    b.namespace.as_deref(),
+                    b.port,
+                    b.weight,
+                )
+            }),
+            $where_,
+            $resolved,
+        )
+    };
+}
+
 fn route_name(
     key: &ObjKey,
     rule_name: Option<&str>,
@@ -263,30 +316,7 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
     let result: Result<(), (String, String)> = (|| {
         for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
             let where_ = format!("spec.rules[{ri}]");
-            let mut headers = HeaderModifier::default();
-            for (fi, f) in rule.filters.iter().flatten().enumerate() {
-                match f {
-                    HttpRouteRulesFilters {
-                        request_header_modifier: Some(m),
-                        ..
-                    } => {
-                        headers = header_modifier(
-                            m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
-                            m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
-                            m.remove.clone().unwrap_or_default(),
-                        );
-                    }
-                    other => {
-                        return Err((
-                            "UnsupportedValue".into(),
-                            format!(
-                                "{where_}.filters[{fi}]: filter type {:?} is not supported (only RequestHeaderModifier)",
-                                other.r#type
-                            ),
-                        ))
-                    }
-                }
-            }
+            let headers = rule_headers!(rule, where_)?;
             if rule
                 .backend_refs
                 .iter()
@@ -298,22 +328,13 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                     format!("{where_}.backendRefs[].filters are not supported"),
                 ));
             }
-            let backends = backends(
+            let backends = rule_backends!(
+                rule,
                 objs,
                 &key.namespace,
                 cluster_domain,
-                rule.backend_refs.iter().flatten().map(|b| {
-                    (
-                        b.group.as_deref(),
-                        b.kind.as_deref(),
-                        b.name.as_str(),
-                        b.namespace.as_deref(),
-                        b.port,
-                        b.weight,
-                    )
-                }),
                 &where_,
-                &mut resolved,
+                &mut resolved
             )?;
             let timeout = match rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
                 Some(t) => Some(parse_duration(t).map_err(|e| {
@@ -432,43 +453,14 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
     let result: Result<(), (String, String)> = (|| {
         for (ri, rule) in r.spec.rules.iter().flatten().enumerate() {
             let where_ = format!("spec.rules[{ri}]");
-            let mut headers = HeaderModifier::default();
-            for (fi, f) in rule.filters.iter().flatten().enumerate() {
-                match &f.request_header_modifier {
-                    Some(m) => {
-                        headers = header_modifier(
-                            m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
-                            m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
-                            m.remove.clone().unwrap_or_default(),
-                        );
-                    }
-                    None => {
-                        return Err((
-                            "UnsupportedValue".into(),
-                            format!(
-                                "{where_}.filters[{fi}]: filter type {:?} is not supported (only RequestHeaderModifier)",
-                                f.r#type
-                            ),
-                        ))
-                    }
-                }
-            }
-            let backends = backends(
+            let headers = rule_headers!(rule, where_)?;
+            let backends = rule_backends!(
+                rule,
                 objs,
                 &key.namespace,
                 cluster_domain,
-                rule.backend_refs.iter().flatten().map(|b| {
-                    (
-                        b.group.as_deref(),
-                        b.kind.as_deref(),
-                        b.name.as_str(),
-                        b.namespace.as_deref(),
-                        b.port,
-                        b.weight,
-                    )
-                }),
                 &where_,
-                &mut resolved,
+                &mut resolved
             )?;
             let default_match = [Default::default()];
             let matches = match rule.matches.as_deref() {
@@ -636,4 +628,97 @@ fn regex_escape(s: &str) -> String {
 /// The name of a route kind and object, for messages.
 pub fn describe<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
     format!("{} {}", K::kind(&()), ObjKey::of(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(yaml: &str) -> HttpRoute {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn matches_sort_by_gateway_api_precedence() {
+        let r = http(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: a}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web}]
+  rules:
+  - name: catch-all
+    backendRefs: [{name: web, port: 80}]
+  - name: short
+    matches: [{path: {type: PathPrefix, value: /api}}]
+  - name: long
+    matches: [{path: {type: PathPrefix, value: /api/v2}}]
+  - name: headers
+    matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: X-Canary, value: "1"}]}]
+  - name: exact
+    matches: [{path: {type: Exact, value: /api}}]
+"#,
+        );
+        let conv = convert_http(&r, &Objects::default(), "cluster.local");
+        assert!(conv.accepted.is_ok());
+        assert_eq!(
+            conv.resolved.as_ref().unwrap_err().0,
+            "BackendNotFound",
+            "Service a/web is not in the store"
+        );
+        let mut entries = conv.entries;
+        entries.sort_by(|x, y| x.rank.cmp(&y.rank));
+        let names: Vec<&str> = entries.iter().map(|e| e.route.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a/r/exact",
+                "a/r/long",
+                "a/r/headers",
+                "a/r/short",
+                "a/r/catch-all"
+            ]
+        );
+        assert_eq!(entries[2].route.matches[0].headers[0].name, "x-canary");
+    }
+
+    #[test]
+    fn grpc_methods_become_paths_and_unsupported_filters_reject() {
+        let r: GrpcRoute = serde_yaml_ng::from_str(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: a}
+spec:
+  parentRefs: [{kind: Service, group: "", name: api}]
+  rules:
+  - matches: [{method: {service: pkg.Svc, method: Get}}, {method: {service: pkg.Other}}]
+"#,
+        )
+        .unwrap();
+        let conv = convert_grpc(&r, &Objects::default(), "cluster.local");
+        let paths: Vec<_> = conv
+            .entries
+            .iter()
+            .map(|e| e.route.matches[0].path.clone().unwrap())
+            .collect();
+        assert_eq!(paths[0], PathMatch::Exact("/pkg.Svc/Get".into()));
+        assert_eq!(paths[1], PathMatch::Prefix("/pkg.Other/".into()));
+
+        let r = http(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  rules:
+  - filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]
+"#,
+        );
+        let conv = convert_http(&r, &Objects::default(), "cluster.local");
+        let (reason, msg) = conv.accepted.unwrap_err();
+        assert_eq!(reason, "UnsupportedValue");
+        assert!(msg.contains("spec.rules[0].filters[0]"), "{msg}");
+    }
 }
