@@ -1,23 +1,33 @@
 //! Propagation benchmark of the control plane: how long a change to the mesh's objects takes
 //! to reach every proxy stream that watches it.
 //!
-//! It generates a local-mode config directory (`--services` Services, each selecting
-//! `--endpoints-per-service` Workloads, one file per Service), starts the release
-//! `mesh-controller` binary that sits next to this example on it, opens `--streams` discovery
-//! streams over `--connections` HTTP/2 connections (one stream per Service, as if every proxy
-//! resolved one destination), and then measures, from the moment a file is renamed into the
-//! directory to the moment the stream of that Service receives the matching `Add`/`Remove`:
+//! Two sources (`--source`):
 //!
-//! - `sequential`: one file at a time (add or remove one Workload), waiting for the update
-//!   before the next change;
-//! - `burst`: `--burst` files renamed at once, each latency from its own rename;
+//! - `local` (the default): it generates a local-mode config directory (`--services`
+//!   Services, each selecting `--endpoints-per-service` Workloads, one file per Service) and
+//!   starts the release `mesh-controller` binary that sits next to this example on it. A
+//!   change is a file renamed into the directory (adding or removing one Workload).
+//! - `kubernetes`: it starts a fake Kubernetes API server (`mesh-fake-kube`) in this process,
+//!   creates the mesh's CRDs, the Services and one EndpointSlice per Service (with
+//!   `--endpoints-per-service` ready endpoints), and starts the controller binary with
+//!   `--source kubernetes` and a `KUBECONFIG` for that server. A change is one upsert of a
+//!   Service's EndpointSlice (adding or removing one endpoint).
+//!
+//! It then opens `--streams` discovery streams over `--connections` HTTP/2 connections (one
+//! stream per Service, as if every proxy resolved one destination), and measures, from the
+//! moment a change is made to the moment the stream of that Service receives the matching
+//! `Add`/`Remove`:
+//!
+//! - `sequential`: one change at a time, waiting for the update before the next change;
+//! - `burst`: `--burst` changes at once, each latency from its own change;
 //! - `fan-out`: `--fanout-streams` more streams all on one Service, one change at a time; every
 //!   stream's latency, and the time until the last of them saw the change.
 //!
 //! The addresses (10.x.y.z) are never contacted: only discovery is measured. Local mode waits
 //! a moment after a file notification before it reloads (`DEBOUNCE` in `local.rs`), so every
-//! latency includes that wait. Controller memory (VmRSS, VmHWM) and CPU time come from
-//! `/proc/<pid>`.
+//! latency includes that wait. Kubernetes mode has no debounce, but every latency includes the
+//! fake API server's watch delivery (one thread, in this process: not a real kube-apiserver).
+//! Controller memory (VmRSS, VmHWM) and CPU time come from `/proc/<pid>`.
 //!
 //! Run it through `bench/propagation.sh` (builds in release and saves the report), or:
 //!
@@ -35,22 +45,30 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
 use mesh_core::convert::addr_from_proto;
+use mesh_fake_kube::FakeApiServer;
 use mesh_proto::v1 as pb;
 use pb::destination_update::Update;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::{Channel, Endpoint};
 
-/// Measures how fast mesh-controller (local mode) propagates changes to discovery streams.
+/// Measures how fast mesh-controller propagates changes to discovery streams.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "propagation")]
 struct Args {
-    /// Services in the generated config directory (`svc-0000` ...).
+    /// Where the controller reads the objects from: a generated config directory (`local`) or
+    /// a fake Kubernetes API server started in this process (`kubernetes`).
+    #[arg(long, value_enum, default_value_t = SourceMode::Local)]
+    source: SourceMode,
+    /// Services generated (`svc-0000` ...).
     #[arg(long, default_value_t = 1000)]
     services: usize,
-    /// Workloads (endpoints) each Service selects.
+    /// Endpoints of each Service (Workloads it selects, or endpoints of its EndpointSlice).
     #[arg(long, default_value_t = 10)]
     endpoints_per_service: usize,
     /// Discovery streams, one per Service (stream i watches Service i mod --services).
@@ -59,13 +77,13 @@ struct Args {
     /// gRPC connections the streams are spread over (models that many proxies).
     #[arg(long, default_value_t = 50)]
     connections: usize,
-    /// Sequential changes (one file at a time).
+    /// Sequential changes (one at a time).
     #[arg(long, default_value_t = 300)]
     changes: usize,
     /// Pause after each sequential change was seen (ms).
     #[arg(long, default_value_t = 20)]
     gap_ms: u64,
-    /// Files renamed at once in a burst round.
+    /// Changes made at once in a burst round (files renamed, or EndpointSlices upserted).
     #[arg(long, default_value_t = 100)]
     burst: usize,
     /// Burst rounds.
@@ -94,6 +112,14 @@ struct Args {
     /// since the first change, latency in ms; `missed` for a change never seen).
     #[arg(long)]
     raw: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SourceMode {
+    /// A generated local-mode config directory; a change renames a file into it.
+    Local,
+    /// A fake Kubernetes API server in this process; a change upserts an EndpointSlice.
+    Kubernetes,
 }
 
 const NAMESPACE: &str = "default";
@@ -137,10 +163,48 @@ fn service_file(i: usize, eps: usize, extra: bool) -> String {
     s
 }
 
+/// Service `i` as a Kubernetes object (its endpoints come from its EndpointSlice).
+fn k8s_service(i: usize) -> Value {
+    let name = service_name(i);
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": TARGET_PORT}]
+        }
+    })
+}
+
+/// The one EndpointSlice of Service `i`: `eps` ready endpoints (`extra`: also endpoint `eps`).
+fn k8s_endpoint_slice(i: usize, eps: usize, extra: bool) -> Value {
+    let name = service_name(i);
+    let count = if extra { eps + 1 } else { eps };
+    let endpoints: Vec<Value> = (0..count)
+        .map(|j| {
+            json!({
+                "addresses": [workload_addr(i, j, eps).ip().to_string()],
+                "conditions": {"ready": true}
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{name}-slice"),
+            "namespace": NAMESPACE,
+            "labels": {"kubernetes.io/service-name": name}
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": TARGET_PORT, "protocol": "TCP"}]
+    })
+}
+
 /// The config directory (watched) and a staging directory on the same file system, so that a
 /// change is one `rename` into the watched directory (no notification for the temp file).
 struct Dirs {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     config: PathBuf,
     staging: PathBuf,
 }
@@ -156,7 +220,7 @@ impl Dirs {
         std::fs::create_dir(&config)?;
         std::fs::create_dir(&staging)?;
         Ok(Self {
-            _tmp: tmp,
+            tmp,
             config,
             staging,
         })
@@ -176,6 +240,151 @@ impl Dirs {
     fn commit(&self, staged: &Path, i: usize) -> anyhow::Result<()> {
         let to = self.config.join(Self::file_name(i));
         std::fs::rename(staged, &to).with_context(|| format!("cannot rename to {}", to.display()))
+    }
+}
+
+/// The fake API server the controller watches in Kubernetes mode, and the directory of its
+/// kubeconfig.
+struct Kube {
+    server: FakeApiServer,
+    tmp: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+/// Where the controller's objects live, and how a change is made to them.
+enum World {
+    Local(Dirs),
+    Kubernetes(Kube),
+}
+
+/// A change prepared ahead (new file content staged, or the new object), made by
+/// [`World::apply`].
+enum Staged {
+    File(PathBuf),
+    Object(Value),
+}
+
+impl World {
+    /// Generates `services` Services with `eps` endpoints each in the chosen source.
+    async fn create(mode: SourceMode, services: usize, eps: usize) -> anyhow::Result<Self> {
+        match mode {
+            SourceMode::Local => {
+                let dirs = Dirs::new()?;
+                let t = Instant::now();
+                for i in 0..services {
+                    std::fs::write(
+                        dirs.config.join(Dirs::file_name(i)),
+                        service_file(i, eps, false),
+                    )?;
+                }
+                eprintln!(
+                    "generated {} files ({} services x {} endpoints) in {} in {:.0} ms",
+                    services,
+                    services,
+                    eps,
+                    dirs.config.display(),
+                    ms(t.elapsed())
+                );
+                Ok(World::Local(dirs))
+            }
+            SourceMode::Kubernetes => {
+                let t = Instant::now();
+                // A real API server sends a bookmark about once a minute (the fake one every
+                // second by default).
+                let server = FakeApiServer::builder()
+                    .bookmark_interval(Duration::from_secs(60))
+                    .start();
+                // `default` exists from the start; `mesh-system` holds the leader Lease.
+                for ns in [NAMESPACE, "mesh-system"] {
+                    server
+                        .upsert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+                        .with_context(|| format!("cannot create namespace {ns}"))?;
+                }
+                let crds: Api<CustomResourceDefinition> = Api::all(server.client().await);
+                for crd in mesh_crds::crds() {
+                    let name = crd.metadata.name.clone().unwrap_or_default();
+                    crds.create(&PostParams::default(), &crd)
+                        .await
+                        .with_context(|| format!("cannot create CRD {name}"))?;
+                }
+                for i in 0..services {
+                    server
+                        .upsert(k8s_service(i))
+                        .with_context(|| format!("cannot create Service {}", service_name(i)))?;
+                    server
+                        .upsert(k8s_endpoint_slice(i, eps, false))
+                        .with_context(|| {
+                            format!("cannot create the EndpointSlice of {}", service_name(i))
+                        })?;
+                }
+                let tmp = tempfile::Builder::new()
+                    .prefix("mesh-propagation-")
+                    .tempdir()
+                    .context("cannot create a temporary directory")?;
+                let kubeconfig = tmp.path().join("kubeconfig");
+                server
+                    .write_kubeconfig(&kubeconfig)
+                    .with_context(|| format!("cannot write {}", kubeconfig.display()))?;
+                eprintln!(
+                    "created {} Services and {} EndpointSlices ({} endpoints each) in the fake API server at {} in {:.0} ms",
+                    services,
+                    services,
+                    eps,
+                    server.url(),
+                    ms(t.elapsed())
+                );
+                Ok(World::Kubernetes(Kube {
+                    server,
+                    tmp,
+                    kubeconfig,
+                }))
+            }
+        }
+    }
+
+    /// The temporary directory (for the controller's log by default).
+    fn tmp_dir(&self) -> &Path {
+        match self {
+            World::Local(d) => d.tmp.path(),
+            World::Kubernetes(k) => k.tmp.path(),
+        }
+    }
+
+    /// Points the controller command at this source.
+    fn configure(&self, cmd: &mut Command) {
+        match self {
+            World::Local(d) => {
+                cmd.args(["--source", "local", "--config-dir"])
+                    .arg(&d.config);
+            }
+            World::Kubernetes(k) => {
+                cmd.args(["--source", "kubernetes"])
+                    .env("KUBECONFIG", &k.kubeconfig)
+                    .env("POD_NAME", "propagation-bench");
+            }
+        }
+    }
+
+    /// Prepares Service `svc`'s new content: `eps` endpoints, plus the extra one if `extra`.
+    fn stage(&self, svc: usize, eps: usize, extra: bool) -> anyhow::Result<Staged> {
+        match self {
+            World::Local(d) => Ok(Staged::File(d.stage(svc, &service_file(svc, eps, extra))?)),
+            World::Kubernetes(_) => Ok(Staged::Object(k8s_endpoint_slice(svc, eps, extra))),
+        }
+    }
+
+    /// Makes the change: renames the staged file into place, or upserts the EndpointSlice.
+    fn apply(&self, staged: Staged, svc: usize) -> anyhow::Result<()> {
+        match (self, staged) {
+            (World::Local(d), Staged::File(p)) => d.commit(&p, svc),
+            (World::Kubernetes(k), Staged::Object(o)) => {
+                k.server.upsert(o).with_context(|| {
+                    format!("cannot upsert the EndpointSlice of {}", service_name(svc))
+                })?;
+                Ok(())
+            }
+            _ => bail!("a change staged for another source"),
+        }
     }
 }
 
@@ -552,10 +761,10 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// The benchmark's mutable world: files, streams and the changes made so far.
+/// The benchmark's mutable world: objects, streams and the changes made so far.
 struct Bench {
     args: Args,
-    dirs: Dirs,
+    world: World,
     channels: Vec<Channel>,
     tracker: Arc<Tracker>,
     /// Whether Service i currently has its extra Workload.
@@ -563,7 +772,7 @@ struct Bench {
     /// Streams watching each Service.
     streams_of: Vec<Vec<usize>>,
     next_stream: usize,
-    /// Rename time of each change (index = change id).
+    /// Time each change was made (rename or upsert; index = change id).
     t0: Vec<Instant>,
     /// Phase and Service of each change.
     what: Vec<(&'static str, usize)>,
@@ -606,15 +815,16 @@ impl Bench {
         Ok(started.elapsed())
     }
 
-    /// Toggles Service i's extra Workload: stages the file and registers the expectation;
-    /// returns (staged file, change id). `commit` then records t0 and renames.
-    fn prepare(&mut self, svc: usize) -> anyhow::Result<(PathBuf, usize)> {
+    /// Toggles Service i's extra endpoint (Workload or EndpointSlice entry): stages the change
+    /// and registers the expectation; returns (staged change, change id). `commit` then
+    /// records t0 and makes the change (rename or upsert).
+    fn prepare(&mut self, svc: usize) -> anyhow::Result<(Staged, usize)> {
         let eps = self.args.endpoints_per_service;
         let add = !self.extra[svc];
         self.extra[svc] = add;
-        let staged = self.dirs.stage(svc, &service_file(svc, eps, add))?;
+        let staged = self.world.stage(svc, eps, add)?;
         let change = self.t0.len();
-        // Placeholder until the rename; hits are turned into latencies only afterwards.
+        // Placeholder until the change is made; hits are turned into latencies only afterwards.
         self.t0.push(Instant::now());
         self.what.push((self.phase, svc));
         let op = if add { Op::Add } else { Op::Remove };
@@ -627,9 +837,9 @@ impl Bench {
         Ok((staged, change))
     }
 
-    fn commit(&mut self, staged: &Path, svc: usize, change: usize) -> anyhow::Result<()> {
+    fn commit(&mut self, staged: Staged, svc: usize, change: usize) -> anyhow::Result<()> {
         self.t0[change] = Instant::now();
-        self.dirs.commit(staged, svc)
+        self.world.apply(staged, svc)
     }
 
     /// Waits for the changes made; returns how many expected updates never came.
@@ -700,40 +910,22 @@ async fn run(args: Args) -> anyhow::Result<String> {
     let slo = args.slo_ms as f64;
     let eps = args.endpoints_per_service;
 
-    // 1. The config directory.
-    let dirs = Dirs::new()?;
-    let t = Instant::now();
-    for i in 0..args.services {
-        std::fs::write(
-            dirs.config.join(Dirs::file_name(i)),
-            service_file(i, eps, false),
-        )?;
-    }
-    let gen_time = t.elapsed();
-    eprintln!(
-        "generated {} files ({} services x {} endpoints) in {} in {:.0} ms",
-        args.services,
-        args.services,
-        eps,
-        dirs.config.display(),
-        ms(gen_time)
-    );
+    // 1. The objects: a config directory, or a fake API server.
+    let world = World::create(args.source, args.services, eps).await?;
 
     // 2. The controller.
     let grpc = free_addr()?;
     let admin = free_addr()?;
-    let log = args.controller_log.clone().unwrap_or_else(|| {
-        dirs.config
-            .parent()
-            .unwrap_or(&dirs.config)
-            .join("controller.log")
-    });
+    let log = args
+        .controller_log
+        .clone()
+        .unwrap_or_else(|| world.tmp_dir().join("controller.log"));
     let log_file = std::fs::File::create(&log)
         .with_context(|| format!("cannot create the controller log {}", log.display()))?;
     let started = Instant::now();
-    let child = Command::new(&bin)
-        .args(["--source", "local", "--config-dir"])
-        .arg(&dirs.config)
+    let mut cmd = Command::new(&bin);
+    world.configure(&mut cmd);
+    let child = cmd
         .args(["--grpc-addr", &grpc.to_string()])
         .args(["--admin-addr", &admin.to_string()])
         .env(
@@ -792,7 +984,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
         channels.push(ch);
     }
     let mut b = Bench {
-        dirs,
+        world,
         channels,
         tracker: Arc::default(),
         extra: vec![false; args.services],
@@ -841,13 +1033,17 @@ async fn run(args: Args) -> anyhow::Result<String> {
     for _ in 0..args.changes {
         let svc = rng.next(watched);
         let (staged, change) = b.prepare(svc)?;
-        b.commit(&staged, svc, change)?;
+        b.commit(staged, svc, change)?;
         missing += b.wait().await;
         tokio::time::sleep(gap).await;
     }
     let lat: Vec<f64> = b.latencies();
+    let unit = match args.source {
+        SourceMode::Local => ("1 file", "files"),
+        SourceMode::Kubernetes => ("1 slice upsert", "upserts"),
+    };
     rows.push(Row {
-        name: "sequential, 1 file".into(),
+        name: format!("sequential, {}", unit.0),
         stats: stats(lat, slo, missing),
     });
     ctl.check_alive()?;
@@ -867,8 +1063,8 @@ async fn run(args: Args) -> anyhow::Result<String> {
             for &svc in &svcs {
                 staged.push((svc, b.prepare(svc)?));
             }
-            for (svc, (path, change)) in &staged {
-                b.commit(path, *svc, *change)?;
+            for (svc, (change_staged, change)) in staged {
+                b.commit(change_staged, svc, change)?;
             }
             missing += b.wait().await;
             if round + 1 < args.burst_rounds {
@@ -877,7 +1073,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
         }
         let lat: Vec<f64> = b.latencies();
         rows.push(Row {
-            name: format!("burst, {n} files at once"),
+            name: format!("burst, {n} {} at once", unit.1),
             stats: stats(lat, slo, missing),
         });
         ctl.check_alive()?;
@@ -914,7 +1110,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
         let mut never = 0;
         for _ in 0..args.fanout_changes {
             let (staged, change) = b.prepare(svc)?;
-            b.commit(&staged, svc, change)?;
+            b.commit(staged, svc, change)?;
             let miss = b.wait().await;
             missing += miss;
             let lat: Vec<f64> = b.latencies();
@@ -958,29 +1154,60 @@ async fn run(args: Args) -> anyhow::Result<String> {
         let s = b.tracker.lock();
         (s.unexpected, s.errors.clone())
     };
-    // Stop the controller before the config directory goes (with `b`), so that it does not
-    // report the Services as deleted to the streams still open.
+    // Stop the controller before the config directory or the fake API server goes (with `b`),
+    // so that it does not report the Services as deleted to the streams still open.
     drop(ctl);
     let mut out = String::new();
     let w = &mut out;
-    let _ = writeln!(w, "mesh-controller propagation benchmark (local mode)");
-    let _ = writeln!(
-        w,
-        "config: {} services x {} endpoints = {} endpoints, one file per service; {} streams over {} gRPC connections",
-        args.services,
-        eps,
-        args.services * eps,
-        args.streams,
-        args.connections
-    );
-    let _ = writeln!(
-        w,
-        "latency = rename of the file into the config dir -> the matching Add/Remove read from the stream;"
-    );
-    let _ = writeln!(
-        w,
-        "it includes local mode's debounce after a file notification (DEBOUNCE in mesh-controller/src/local.rs)."
-    );
+    match args.source {
+        SourceMode::Local => {
+            let _ = writeln!(w, "mesh-controller propagation benchmark (local mode)");
+            let _ = writeln!(
+                w,
+                "config: {} services x {} endpoints = {} endpoints, one file per service; {} streams over {} gRPC connections",
+                args.services,
+                eps,
+                args.services * eps,
+                args.streams,
+                args.connections
+            );
+            let _ = writeln!(
+                w,
+                "latency = rename of the file into the config dir -> the matching Add/Remove read from the stream;"
+            );
+            let _ = writeln!(
+                w,
+                "it includes local mode's debounce after a file notification (DEBOUNCE in mesh-controller/src/local.rs)."
+            );
+        }
+        SourceMode::Kubernetes => {
+            let _ = writeln!(
+                w,
+                "mesh-controller propagation benchmark (kubernetes mode, fake API server)"
+            );
+            let _ = writeln!(
+                w,
+                "config: {} services x {} endpoints = {} endpoints, one EndpointSlice per service; {} streams over {} gRPC connections",
+                args.services,
+                eps,
+                args.services * eps,
+                args.streams,
+                args.connections
+            );
+            let _ = writeln!(
+                w,
+                "latency = upsert of the EndpointSlice into the fake API server -> the matching Add/Remove read from the stream;"
+            );
+            let _ = writeln!(
+                w,
+                "it includes the fake API server's watch delivery (mesh-fake-kube: one thread in the benchmark process,"
+            );
+            let _ = writeln!(
+                w,
+                "not a real kube-apiserver) and the controller's kube-rs watch; there is no debounce in this mode."
+            );
+        }
+    }
     let _ = writeln!(w);
     let _ = writeln!(w, "setup");
     let _ = writeln!(
@@ -1062,9 +1289,14 @@ async fn run(args: Args) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         w,
-        "benchmark client CPU during the measurement:          {:.2} s ({:.1} % of one core)",
+        "benchmark client CPU during the measurement:          {:.2} s ({:.1} % of one core){}",
         self_cpu,
-        100.0 * self_cpu / wall
+        100.0 * self_cpu / wall,
+        if args.source == SourceMode::Kubernetes {
+            ", fake API server included"
+        } else {
+            ""
+        }
     );
     if let (Some((s0, c0)), Some((s1, c1))) = (lag_before, lag_after) {
         let n = c1 - c0;

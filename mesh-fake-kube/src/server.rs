@@ -84,6 +84,10 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
+                // Like a real kube-apiserver (Go sets TCP_NODELAY by default): without it, a
+                // watch event written while the previous one is unacknowledged waits for the
+                // client's delayed ACK (40 ms on Linux).
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
