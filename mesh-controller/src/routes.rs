@@ -97,8 +97,54 @@ pub struct Rank {
 pub struct Entry {
     pub rank: Rank,
     pub route: Route,
-    /// Index of the rule in its route (for per-route retry policies).
-    pub rule: usize,
+}
+
+/// What every match of one rule shares.
+struct RuleParts<'a> {
+    key: &'a ObjKey,
+    created: &'a str,
+    rule_name: Option<&'a str>,
+    rule: usize,
+    /// Number of matches in the rule (names get a `.N` suffix when there are several).
+    matches: usize,
+    backends: Vec<WeightedBackend>,
+    timeout: Option<Duration>,
+    headers: HeaderModifier,
+}
+
+impl RuleParts<'_> {
+    /// The proxy route for match `matched` of the rule, ranked by Gateway API precedence,
+    /// which follows from the match itself.
+    fn entry(&self, matched: usize, m: RouteMatch) -> Entry {
+        let (path_kind, path_len) = match &m.path {
+            Some(PathMatch::Exact(p)) => (0, p.len()),
+            Some(PathMatch::Prefix(p)) => (1, p.len()),
+            Some(PathMatch::Regex(p)) => (2, p.as_str().len()),
+            None => (1, 1),
+        };
+        Entry {
+            rank: Rank {
+                path_kind,
+                path_len: Reverse(path_len),
+                no_method: m.method.is_none(),
+                headers: Reverse(m.headers.len()),
+                queries: Reverse(m.query_params.len()),
+                created: self.created.to_string(),
+                route: self.key.clone(),
+                rule: self.rule,
+                matched,
+            },
+            route: Route {
+                name: route_name(self.key, self.rule_name, self.rule, matched, self.matches),
+                matches: vec![m],
+                backends: self.backends.clone(),
+                timeout: self.timeout,
+                retry: None,
+                retryable: false,
+                request_headers: self.headers.clone(),
+            },
+        }
+    }
 }
 
 /// A route object, converted.
@@ -351,10 +397,20 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                 Some(m) if !m.is_empty() => m,
                 _ => &default_match[..],
             };
+            let parts = RuleParts {
+                key: &key,
+                created: &created,
+                rule_name: rule.name.as_deref(),
+                rule: ri,
+                matches: matches.len(),
+                backends,
+                timeout,
+                headers,
+            };
             for (mi, m) in matches.iter().enumerate() {
                 let mwhere = format!("{where_}.matches[{mi}]");
-                let (path, path_kind, path_len) = match &m.path {
-                    None => (None, 1, 1),
+                let path = match &m.path {
+                    None => None,
                     Some(p) => {
                         let v = p.value.clone().unwrap_or_else(|| "/".into());
                         match p
@@ -362,12 +418,8 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                             .clone()
                             .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
                         {
-                            HttpRouteRulesMatchesPathType::Exact => {
-                                (Some(PathMatch::Exact(v.clone())), 0, v.len())
-                            }
-                            HttpRouteRulesMatchesPathType::PathPrefix => {
-                                (Some(PathMatch::Prefix(v.clone())), 1, v.len())
-                            }
+                            HttpRouteRulesMatchesPathType::Exact => Some(PathMatch::Exact(v)),
+                            HttpRouteRulesMatchesPathType::PathPrefix => Some(PathMatch::Prefix(v)),
                             HttpRouteRulesMatchesPathType::RegularExpression => {
                                 let pat = Pattern::new(&v).map_err(|e| {
                                     (
@@ -375,7 +427,7 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                                         format!("{mwhere}.path: {e}"),
                                     )
                                 })?;
-                                (Some(PathMatch::Regex(pat)), 2, v.len())
+                                Some(PathMatch::Regex(pat))
                             }
                         }
                     }
@@ -408,35 +460,15 @@ pub fn convert_http(r: &HttpRoute, objs: &Objects, cluster_domain: &str) -> Conv
                         .and_then(|v| v.as_str().map(str::to_string))
                         .unwrap_or_default()
                 });
-                let rank = Rank {
-                    path_kind,
-                    path_len: Reverse(path_len),
-                    no_method: method.is_none(),
-                    headers: Reverse(hm.len()),
-                    queries: Reverse(qm.len()),
-                    created: created.clone(),
-                    route: key.clone(),
-                    rule: ri,
-                    matched: mi,
-                };
-                entries.push(Entry {
-                    rank,
-                    rule: ri,
-                    route: Route {
-                        name: route_name(&key, rule.name.as_deref(), ri, mi, matches.len()),
-                        matches: vec![RouteMatch {
-                            path,
-                            headers: hm,
-                            method,
-                            query_params: qm,
-                        }],
-                        backends: backends.clone(),
-                        timeout,
-                        retry: None,
-                        retryable: false,
-                        request_headers: headers.clone(),
+                entries.push(parts.entry(
+                    mi,
+                    RouteMatch {
+                        path,
+                        headers: hm,
+                        method,
+                        query_params: qm,
                     },
-                });
+                ));
             }
         }
         Ok(())
@@ -467,10 +499,20 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
                 Some(m) if !m.is_empty() => m,
                 _ => &default_match[..],
             };
+            let parts = RuleParts {
+                key: &key,
+                created: &created,
+                rule_name: rule.name.as_deref(),
+                rule: ri,
+                matches: matches.len(),
+                backends,
+                timeout: None,
+                headers,
+            };
             for (mi, m) in matches.iter().enumerate() {
                 let mwhere = format!("{where_}.matches[{mi}]");
-                let (path, path_kind, path_len) = match &m.method {
-                    None => (None, 1, 1),
+                let path = match &m.method {
+                    None => None,
                     Some(meth) => {
                         let regex =
                             meth.r#type == Some(GrpcRouteRulesMatchesMethodType::RegularExpression);
@@ -478,38 +520,30 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
                         let method = meth.method.as_deref().unwrap_or("");
                         match (regex, service.is_empty(), method.is_empty()) {
                             (false, false, false) => {
-                                let p = format!("/{service}/{method}");
-                                let n = p.len();
-                                (Some(PathMatch::Exact(p)), 0, n)
+                                Some(PathMatch::Exact(format!("/{service}/{method}")))
                             }
-                            (false, false, true) => {
-                                let p = format!("/{service}/");
-                                let n = p.len();
-                                (Some(PathMatch::Prefix(p)), 1, n)
-                            }
+                            (false, false, true) => Some(PathMatch::Prefix(format!("/{service}/"))),
                             (false, true, false) => {
                                 let p = format!("/[^/]+/{}", regex_escape(method));
-                                let n = p.len();
                                 let pat = Pattern::new(&p).map_err(|e| {
                                     (
                                         "UnsupportedValue".to_string(),
                                         format!("{mwhere}.method: {e}"),
                                     )
                                 })?;
-                                (Some(PathMatch::Regex(pat)), 2, n)
+                                Some(PathMatch::Regex(pat))
                             }
                             (true, _, _) => {
                                 let s = if service.is_empty() { "[^/]+" } else { service };
                                 let m = if method.is_empty() { "[^/]+" } else { method };
                                 let p = format!("/{s}/{m}");
-                                let n = p.len();
                                 let pat = Pattern::new(&p).map_err(|e| {
                                     (
                                         "UnsupportedValue".to_string(),
                                         format!("{mwhere}.method: {e}"),
                                     )
                                 })?;
-                                (Some(PathMatch::Regex(pat)), 2, n)
+                                Some(PathMatch::Regex(pat))
                             }
                             (false, true, true) => {
                                 return Err((
@@ -531,35 +565,15 @@ pub fn convert_grpc(r: &GrpcRoute, objs: &Objects, cluster_domain: &str) -> Conv
                         value: value_match(regex, &h.value, &format!("{mwhere}.headers[{hi}]"))?,
                     });
                 }
-                let rank = Rank {
-                    path_kind,
-                    path_len: Reverse(path_len),
-                    no_method: true,
-                    headers: Reverse(hm.len()),
-                    queries: Reverse(0),
-                    created: created.clone(),
-                    route: key.clone(),
-                    rule: ri,
-                    matched: mi,
-                };
-                entries.push(Entry {
-                    rank,
-                    rule: ri,
-                    route: Route {
-                        name: route_name(&key, rule.name.as_deref(), ri, mi, matches.len()),
-                        matches: vec![RouteMatch {
-                            path,
-                            headers: hm,
-                            method: None,
-                            query_params: Vec::new(),
-                        }],
-                        backends: backends.clone(),
-                        timeout: None,
-                        retry: None,
-                        retryable: false,
-                        request_headers: headers.clone(),
+                entries.push(parts.entry(
+                    mi,
+                    RouteMatch {
+                        path,
+                        headers: hm,
+                        method: None,
+                        query_params: Vec::new(),
                     },
-                });
+                ));
             }
         }
         Ok(())
