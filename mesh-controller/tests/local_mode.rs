@@ -159,6 +159,45 @@ async fn load(
     }
 }
 
+/// Concurrent request loops through a proxy, counting answers until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(outbound: std::net::SocketAddr, loops: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let loops = (0..loops)
+            .map(|_| tokio::spawn(load(outbound, stop.clone(), ok.clone(), failed.clone())))
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            loops,
+        }
+    }
+
+    /// Stops the loops and returns (ok, failed).
+    async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for l in self.loops {
+            l.await.unwrap();
+        }
+        let (ok, failed) = (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        );
+        eprintln!("requests: {ok} ok, {failed} failed");
+        (ok, failed)
+    }
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
@@ -178,18 +217,7 @@ async fn editing_a_route_moves_live_traffic_without_failures_and_a_broken_file_c
     ctl.ready().await;
     let client = proxy(ctl.grpc, "ns:default/workload:client").await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut loaders = Vec::new();
-    for _ in 0..4 {
-        loaders.push(tokio::spawn(load(
-            client.outbound_addr,
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-        )));
-    }
+    let traffic = Load::start(client.outbound_addr, 4);
     wait_for("traffic to v1", || v1.hits.load(Ordering::Relaxed) >= 50).await;
     assert_eq!(v2.hits.load(Ordering::Relaxed), 0, "weight 0 gets nothing");
 
@@ -242,12 +270,7 @@ async fn editing_a_route_moves_live_traffic_without_failures_and_a_broken_file_c
         "the old split stays in force"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    for l in loaders {
-        l.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("requests: {ok} ok, {failed} failed");
+    let (ok, failed) = traffic.stop().await;
     assert_eq!(failed, 0, "no request may fail while routes change");
     assert!(ok > 200);
     client.shutdown();
@@ -265,18 +288,7 @@ async fn proxies_keep_routing_without_the_controller_and_resume_when_it_returns(
     let (grpc, admin) = (ctl.grpc, ctl.admin);
     let client = proxy(grpc, "ns:default/workload:client").await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut loaders = Vec::new();
-    for _ in 0..4 {
-        loaders.push(tokio::spawn(load(
-            client.outbound_addr,
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-        )));
-    }
+    let traffic = Load::start(client.outbound_addr, 4);
     wait_for("traffic to v1", || v1.hits.load(Ordering::Relaxed) >= 50).await;
 
     // SIGKILL the controller: traffic keeps flowing on the last state.
@@ -297,12 +309,7 @@ async fn proxies_keep_routing_without_the_controller_and_resume_when_it_returns(
     })
     .await;
 
-    stop.store(true, Ordering::Relaxed);
-    for l in loaders {
-        l.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("requests: {ok} ok, {failed} failed");
+    let (_, failed) = traffic.stop().await;
     assert_eq!(failed, 0, "losing the controller must not fail requests");
     client.shutdown();
 }
