@@ -190,14 +190,9 @@ pub(crate) fn aggregated(registry: &Registry, core: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::builtin_types;
 
     fn registry() -> Registry {
-        let mut r = Registry::default();
-        for rt in builtin_types() {
-            r.register(rt, None);
-        }
-        r
+        Registry::builtin()
     }
 
     #[test]

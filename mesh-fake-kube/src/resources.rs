@@ -115,6 +115,16 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// A registry serving only the built-in kinds (for unit tests).
+    #[cfg(test)]
+    pub(crate) fn builtin() -> Self {
+        let mut r = Self::default();
+        for rt in builtin_types() {
+            r.register(rt, None);
+        }
+        r
+    }
+
     /// Adds or replaces (same group, version, plural) a served type.
     pub(crate) fn register(&mut self, rt: ResourceType, crd: Option<String>) {
         if let Some(e) = self.entries.iter_mut().find(|e| {

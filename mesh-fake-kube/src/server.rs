@@ -649,14 +649,9 @@ fn error_response(e: &ApiError) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::builtin_types;
 
     fn registry() -> Registry {
-        let mut r = Registry::default();
-        for rt in builtin_types() {
-            r.register(rt, None);
-        }
-        r
+        Registry::builtin()
     }
 
     #[test]
