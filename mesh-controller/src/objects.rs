@@ -22,8 +22,6 @@ use crate::inbound::WorkloadKind;
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Name of the proxy container (or native-sidecar init container) in a meshed Pod.
 pub const PROXY_CONTAINER: &str = "mesh-proxy";
-/// Pod annotation overriding the proxy's inbound port.
-pub const INBOUND_PORT_ANNOTATION: &str = "mesh.dev/inbound-port";
 
 /// Namespace and name of an object (cluster-scoped objects have an empty namespace).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,8 +104,8 @@ pub struct PodInfo {
     pub key: ObjKey,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
-    /// The proxy's inbound port when the Pod runs the mesh proxy.
-    pub proxy_inbound_port: Option<u16>,
+    /// Whether the Pod runs the mesh proxy (its traffic is then intercepted by iptables).
+    pub meshed: bool,
     /// Named container ports, for `targetPort` and Server port names.
     pub ports: BTreeMap<String, u16>,
 }
@@ -123,11 +121,6 @@ impl PodInfo {
             .iter()
             .chain(inits.iter())
             .any(|c| c.name == PROXY_CONTAINER);
-        let inbound = pod
-            .annotations()
-            .get(INBOUND_PORT_ANNOTATION)
-            .and_then(|v| v.parse::<u16>().ok())
-            .unwrap_or(mesh_crds::DEFAULT_INBOUND_PORT);
         let mut ports = BTreeMap::new();
         for c in containers.iter().filter(|c| c.name != PROXY_CONTAINER) {
             for p in c.ports.iter().flatten() {
@@ -142,7 +135,7 @@ impl PodInfo {
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into()),
-            proxy_inbound_port: meshed.then_some(inbound),
+            meshed,
             ports,
         }
     }
@@ -675,7 +668,7 @@ mod tests {
             key: ObjKey::new("a", "web-1"),
             labels: [("app".to_string(), "web".to_string())].into(),
             service_account: "web".into(),
-            proxy_inbound_port: None,
+            meshed: false,
             ports: BTreeMap::new(),
         };
         let mut d = Dirty::default();

@@ -4,8 +4,9 @@
 //! Endpoints come from the Service's EndpointSlices (Kubernetes, or files in local mode) and
 //! from the Workloads its selector matches. An endpoint counts while it is ready (a missing
 //! `ready` condition means ready, as in Kubernetes). A Pod or Workload that runs the mesh
-//! proxy gets the `meshed_h2` hint with its proxy's inbound port, and every endpoint carries
-//! the SPIFFE identity of its service account.
+//! proxy gets the `meshed_h2` hint (with the proxy's inbound port only for a Workload that
+//! names one, i.e. is not intercepted), and every endpoint carries the SPIFFE identity of
+//! its service account.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -176,10 +177,11 @@ fn endpoints(
                 e.zone = ep.zone.clone();
                 if let Some(pod) = pod {
                     e.identity = naming.identity(&pod.key.namespace, &pod.service_account);
-                    if let Some(inbound) = pod.proxy_inbound_port {
-                        e.hint = ProtocolHint::MeshedH2 {
-                            inbound_port: Some(inbound),
-                        };
+                    // A meshed Pod's traffic is intercepted: peers connect to the app's
+                    // port and iptables hands the connection to its proxy, which learns
+                    // the port from the original destination.
+                    if pod.meshed {
+                        e.hint = ProtocolHint::MeshedH2 { inbound_port: None };
                     }
                 }
                 out.insert(e.addr, e);
@@ -215,7 +217,7 @@ fn endpoints(
         );
         if let Some(proxy) = &w.spec.proxy {
             e.hint = ProtocolHint::MeshedH2 {
-                inbound_port: Some(proxy.inbound_port),
+                inbound_port: proxy.inbound_port,
             };
         }
         out.insert(e.addr, e);

@@ -29,8 +29,6 @@ pub const GROUP: &str = "mesh.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` of the mesh's own kinds.
 pub const API_VERSION: &str = "mesh.dev/v1alpha1";
-/// Default inbound port of a meshed workload's proxy.
-pub const DEFAULT_INBOUND_PORT: u16 = 4143;
 
 /// Gateway API duration text, e.g. `250ms`, `2s`, `1m30s` (the pattern Gateway API uses).
 const DURATION_PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
@@ -67,8 +65,7 @@ pub struct WorkloadSpec {
     /// Whether the workload takes traffic; `false` keeps it out of every Service. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
-    /// Present when the workload runs a mesh proxy: peers then send it HTTP/2 (and later mTLS)
-    /// on the proxy's inbound port.
+    /// Present when the workload runs a mesh proxy: peers then send it HTTP/2 (and later mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<WorkloadProxy>,
 }
@@ -83,25 +80,18 @@ pub struct WorkloadPort {
 }
 
 /// The mesh proxy in front of a [`Workload`].
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadProxy {
-    /// The proxy's inbound port. Default 4143.
-    #[serde(default = "default_inbound_port")]
+    /// Where peers connect to reach the proxy, when the workload's traffic is *not*
+    /// intercepted (no `mesh-proxy init`, e.g. several workloads sharing one host's network):
+    /// peers then connect to this port directly and the proxy forwards to its
+    /// `MESH_PROXY_INBOUND_FORWARD` address. Leave it out when `mesh-proxy init` intercepts the
+    /// workload's traffic (as in a Pod): peers then connect to the app's own port and iptables
+    /// hands the connection to the proxy, which thereby knows which app port it was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub inbound_port: u16,
-}
-
-impl Default for WorkloadProxy {
-    fn default() -> Self {
-        Self {
-            inbound_port: DEFAULT_INBOUND_PORT,
-        }
-    }
-}
-
-fn default_inbound_port() -> u16 {
-    DEFAULT_INBOUND_PORT
+    pub inbound_port: Option<u16>,
 }
 
 /// A port on the workloads a label selector picks, and the protocol spoken there.
