@@ -24,7 +24,9 @@ use rand::Rng;
 
 use crate::client::Conns;
 
-/// Latency assumed for an endpoint that has not answered yet (Linkerd's default).
+/// Latency assumed for an endpoint that has not answered yet, when the service has no other
+/// endpoint to compare with (Linkerd's default). An endpoint that joins a service with
+/// endpoints starts at their mean estimate instead (see [`Balancer::set`]).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the latency estimate forgets old observations.
 const DECAY: Duration = Duration::from_secs(10);
@@ -101,6 +103,11 @@ pub struct EndpointHandle {
 
 impl EndpointHandle {
     pub fn new(endpoint: Endpoint) -> Self {
+        Self::with_rtt(endpoint, DEFAULT_RTT.as_nanos() as f64)
+    }
+
+    /// A handle whose latency estimate starts at `rtt_ns`.
+    fn with_rtt(endpoint: Endpoint, rtt_ns: f64) -> Self {
         let connect_addr = endpoint.connect_addr();
         let uri_authority = http::uri::Authority::try_from(connect_addr.to_string().as_str())
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
@@ -111,7 +118,7 @@ impl EndpointHandle {
             conns: Conns::default(),
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(PeakEwma {
-                rtt_ns: DEFAULT_RTT.as_nanos() as f64,
+                rtt_ns,
                 updated: Instant::now(),
             }),
             outlier: Outlier::default(),
@@ -469,15 +476,33 @@ impl Balancer {
 
     /// Replaces the endpoint set. Endpoints that stay (same address and attributes) keep
     /// their statistics and connections.
+    ///
+    /// A new endpoint's latency estimate starts at the mean of the current endpoints'
+    /// estimates: a fixed default (30 ms) would starve a new replica of a fast service for
+    /// half a minute, until the estimate decays below its peers' (a rolling restart would
+    /// leave the new replicas idle); the same default would flood a new replica of a slow
+    /// service. Its first responses correct the estimate either way.
     pub fn set(&self, endpoints: Vec<Endpoint>) {
         let current = self.endpoints.load();
         let by_addr: HashMap<SocketAddr, &Arc<EndpointHandle>> =
             current.iter().map(|h| (h.endpoint.addr, h)).collect();
+        let start_rtt = {
+            let now = Instant::now();
+            let estimates: Vec<f64> = current
+                .iter()
+                .filter_map(|h| h.ewma.lock().ok().map(|e| e.decayed(now)))
+                .collect();
+            if estimates.is_empty() {
+                DEFAULT_RTT.as_nanos() as f64
+            } else {
+                estimates.iter().sum::<f64>() / estimates.len() as f64
+            }
+        };
         let mut next = Vec::with_capacity(endpoints.len());
         for ep in endpoints {
             match by_addr.get(&ep.addr) {
                 Some(h) if h.endpoint == ep => next.push((*h).clone()),
-                _ => next.push(Arc::new(EndpointHandle::new(ep))),
+                _ => next.push(Arc::new(EndpointHandle::with_rtt(ep, start_rtt))),
             }
         }
         next.sort_by_key(|h| h.endpoint.addr);
@@ -772,6 +797,28 @@ mod tests {
         b.remove(&[gone.endpoint.addr]);
         assert!(!b.record_failure(&gone, Instant::now()));
         assert_eq!(ejections(&b), 0);
+    }
+
+    #[test]
+    fn new_endpoints_start_at_the_mean_estimate_of_their_peers() {
+        let b = Balancer::default();
+        b.set(vec![ep(1), ep(2)]);
+        let now = Instant::now();
+        for h in b.snapshot().iter() {
+            let port = h.endpoint.addr.port();
+            let mut e = h.ewma.lock().unwrap();
+            e.rtt_ns = if port == 1 { 1e6 } else { 3e6 };
+            e.updated = now;
+        }
+        b.upsert(vec![ep(3)]);
+        let eps = b.snapshot();
+        let new = eps.iter().find(|h| h.endpoint.addr.port() == 3).unwrap();
+        let ms = new.ewma_ms();
+        assert!((1.9..=2.0).contains(&ms), "new endpoint starts at {ms} ms");
+        // Alone, an endpoint starts at the default.
+        let lone = Balancer::default();
+        lone.set(vec![ep(1)]);
+        assert!(lone.snapshot()[0].ewma_ms() > 29.0);
     }
 
     #[test]
