@@ -10,9 +10,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use mesh_core::{Authority, Endpoint, ServiceProfile};
 use tokio::sync::watch;
-use tower::retry::budget::TpsBudget;
 
 use crate::balance::Balancer;
+use crate::budget::RetryBudget;
 use crate::error::ProxyError;
 use crate::headers::HeaderOps;
 use crate::metrics::{AuthorityLabels, Metrics, Str};
@@ -77,7 +77,7 @@ pub struct Destination {
     status: watch::Sender<Resolution>,
     profile: ArcSwap<Profile>,
     pub balancer: Balancer,
-    budget: ArcSwap<TpsBudget>,
+    budget: ArcSwap<RetryBudget>,
     /// Where the balancer's ejections are counted (its series is created on first use).
     ejections: Family<AuthorityLabels, Counter>,
 }
@@ -122,7 +122,7 @@ impl Destination {
         self.profile.load_full()
     }
 
-    pub fn budget(&self) -> Arc<TpsBudget> {
+    pub fn budget(&self) -> Arc<RetryBudget> {
         self.budget.load_full()
     }
 
@@ -169,9 +169,9 @@ impl Destination {
     }
 }
 
-fn budget_for(profile: &ServiceProfile) -> TpsBudget {
+fn budget_for(profile: &ServiceProfile) -> RetryBudget {
     let b = profile.policy.retry_budget;
-    TpsBudget::new(b.ttl, b.min_retries_per_second, b.ratio)
+    RetryBudget::new(b.ttl, b.min_retries_per_second, b.ratio)
 }
 
 /// Starts discovery of a destination; implemented by every discovery source.

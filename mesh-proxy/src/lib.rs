@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod body;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod destination;

@@ -15,11 +15,11 @@ use futures_util::future::Either;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use mesh_core::{RetryOn, RetryPolicy};
 use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::rng::HasherRng;
 use tower::ServiceExt;
 
 use crate::body::{ProxyBody, ReplayBody};
+use crate::budget::RetryBudget;
 use crate::destination::Profile;
 use crate::error::ProxyError;
 use crate::forward::ResponseFuture;
@@ -77,7 +77,7 @@ pub struct RetryLayer {
     pub policy: PolicyRef,
     /// Whether this request may be sent twice at all ([`is_safe`]).
     pub safe: bool,
-    pub budget: Arc<TpsBudget>,
+    pub budget: Arc<RetryBudget>,
     pub metrics: Arc<Metrics>,
     pub labels: RouteLabels,
 }
