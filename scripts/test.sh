@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit, property and integration tests
-# (real sockets; iptables rules inside network namespaces when root), and a short run of the
-# README's demo. Installs what the tests need when it is missing (as root, with apt-get).
+# (real sockets; iptables rules inside network namespaces when root), the end-to-end suite
+# (e2e/tests/netns.rs: the real mesh in network namespaces, with faults; root only), and a
+# short run of the README's demo. Installs what the tests need when it is missing (as root, with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,8 +25,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
-echo "== cargo test"
+echo "== cargo test (includes the e2e suite)"
+summary=target/tmp/e2e-summary.txt
+mkdir -p target/tmp && rm -f "$summary"
 cargo test --workspace
+echo "== e2e summary (one block per scenario; e2e/tests/netns.rs)"
+if [ -s "$summary" ]; then cat "$summary"; else echo "(no e2e scenario ran: see the skip lines above)"; fi
 echo "== demo smoke run (scripts/demo.sh for 5 s)"
 out=$(DEMO_SECONDS=5 DEMO_RATE=50 scripts/demo.sh)
 echo "$out"
