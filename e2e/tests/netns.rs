@@ -250,10 +250,14 @@ fn s3_endpoint_churn_rolling_restart() {
         .load("after the restart", &after, spread(&after));
     assert_eq!(after.failed, 0, "{}", after.failures());
     assert_eq!(after.replies_from("old"), 0, "{}", spread(&after));
+    // Every new replica took traffic (P2C over near-equal latencies favours one at low load,
+    // so this is over the whole run, not the last 2 s).
     for i in 1..=3 {
+        let name = format!("new-{i}");
         assert!(
-            after.replies_from(&format!("new-{i}")) > 0,
-            "{}",
+            r.replies_from(&name) + after.replies_from(&name) > 0,
+            "{name} never answered: {} / {}",
+            spread(&r),
             spread(&after)
         );
     }
