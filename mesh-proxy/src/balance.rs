@@ -26,7 +26,7 @@ use crate::client::Conns;
 
 /// Latency assumed for an endpoint that has not answered yet, when the service has no other
 /// endpoint to compare with (Linkerd's default). An endpoint that joins a service with
-/// endpoints starts at their mean estimate instead (see [`Balancer::set`]).
+/// endpoints starts at their (lower) median estimate instead (see [`Balancer::set`]).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the latency estimate forgets old observations.
 const DECAY: Duration = Duration::from_secs(10);
@@ -477,25 +477,26 @@ impl Balancer {
     /// Replaces the endpoint set. Endpoints that stay (same address and attributes) keep
     /// their statistics and connections.
     ///
-    /// A new endpoint's latency estimate starts at the mean of the current endpoints'
-    /// estimates: a fixed default (30 ms) would starve a new replica of a fast service for
-    /// half a minute, until the estimate decays below its peers' (a rolling restart would
-    /// leave the new replicas idle); the same default would flood a new replica of a slow
-    /// service. Its first responses correct the estimate either way.
+    /// A new endpoint's latency estimate starts at the lower median of the current
+    /// endpoints' estimates: a fixed default (30 ms) would starve a new replica of a fast
+    /// service for half a minute, until the estimate decays below its peers' (a rolling
+    /// restart would leave the new replicas idle), and would flood a new replica of a slow
+    /// service; a mean would be dragged up by one failing endpoint (charged 1 s per failure).
+    /// Its first responses correct the estimate either way.
     pub fn set(&self, endpoints: Vec<Endpoint>) {
         let current = self.endpoints.load();
         let by_addr: HashMap<SocketAddr, &Arc<EndpointHandle>> =
             current.iter().map(|h| (h.endpoint.addr, h)).collect();
         let start_rtt = {
             let now = Instant::now();
-            let estimates: Vec<f64> = current
+            let mut estimates: Vec<f64> = current
                 .iter()
                 .filter_map(|h| h.ewma.lock().ok().map(|e| e.decayed(now)))
                 .collect();
-            if estimates.is_empty() {
-                DEFAULT_RTT.as_nanos() as f64
-            } else {
-                estimates.iter().sum::<f64>() / estimates.len() as f64
+            estimates.sort_by(f64::total_cmp);
+            match estimates.len() {
+                0 => DEFAULT_RTT.as_nanos() as f64,
+                n => estimates[(n - 1) / 2],
             }
         };
         let mut next = Vec::with_capacity(endpoints.len());
@@ -800,21 +801,25 @@ mod tests {
     }
 
     #[test]
-    fn new_endpoints_start_at_the_mean_estimate_of_their_peers() {
+    fn new_endpoints_start_at_the_median_estimate_of_their_peers() {
         let b = Balancer::default();
-        b.set(vec![ep(1), ep(2)]);
+        b.set(vec![ep(1), ep(2), ep(3)]);
         let now = Instant::now();
         for h in b.snapshot().iter() {
-            let port = h.endpoint.addr.port();
             let mut e = h.ewma.lock().unwrap();
-            e.rtt_ns = if port == 1 { 1e6 } else { 3e6 };
+            // Two fast endpoints and a failing one; the failing one must not drag the start up.
+            e.rtt_ns = match h.endpoint.addr.port() {
+                1 => 1e6,
+                2 => 3e6,
+                _ => 1e9,
+            };
             e.updated = now;
         }
-        b.upsert(vec![ep(3)]);
+        b.upsert(vec![ep(4)]);
         let eps = b.snapshot();
-        let new = eps.iter().find(|h| h.endpoint.addr.port() == 3).unwrap();
+        let new = eps.iter().find(|h| h.endpoint.addr.port() == 4).unwrap();
         let ms = new.ewma_ms();
-        assert!((1.9..=2.0).contains(&ms), "new endpoint starts at {ms} ms");
+        assert!((2.9..=3.0).contains(&ms), "new endpoint starts at {ms} ms");
         // Alone, an endpoint starts at the default.
         let lone = Balancer::default();
         lone.set(vec![ep(1)]);
