@@ -72,13 +72,6 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// The hub-side end of its veth pair (for cutting the network).
     pub hub_link: String,
-    pub meshed: bool,
-}
-
-impl Pod {
-    pub fn app_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, APP_PORT))
-    }
 }
 
 /// How to start a pod.
@@ -304,10 +297,10 @@ impl Mesh {
         ip
     }
 
-    fn workload_yaml(&self, pod: &Pod, labels: &[(String, String)], ready: bool) -> String {
+    fn workload_yaml(&self, pod: &Pod, labels: &[(String, String)]) -> String {
         let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         format!(
-            "apiVersion: mesh.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {}, namespace: {NS}, labels: {{{}}}}}\nspec:\n  address: {}\n  ports: [{{name: http, port: {APP_PORT}}}, {{name: tcp, port: {TCP_PORT}}}]\n  serviceAccount: {}\n  ready: {ready}\n  proxy: {{}}\n",
+            "apiVersion: mesh.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {}, namespace: {NS}, labels: {{{}}}}}\nspec:\n  address: {}\n  ports: [{{name: http, port: {APP_PORT}}}, {{name: tcp, port: {TCP_PORT}}}]\n  serviceAccount: {}\n  proxy: {{}}\n",
             pod.name,
             l.join(", "),
             pod.ip,
@@ -418,14 +411,6 @@ impl Mesh {
         });
     }
 
-    /// The controller's `/status` JSON.
-    pub fn controller_status(&self) -> String {
-        let admin = SocketAddr::from((self.hub_ip(), CONTROLLER_ADMIN_PORT));
-        sys::in_netns(&self.hub.clone(), move || http::get(admin, "/status"))
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
     // ---- pods -----------------------------------------------------------------------------
 
     /// Creates a pod: namespace, veth to the bridge, address, `/etc/hosts`; for a meshed pod
@@ -447,7 +432,6 @@ impl Mesh {
             ns: ns.clone(),
             ip: self.addr(10 + k),
             hub_link: hub_link.clone(),
-            meshed: spec.meshed,
         };
         sys::ip(&["netns", "add", &ns]);
         self.namespaces.push(ns.clone());
@@ -508,7 +492,7 @@ impl Mesh {
         if spec.register {
             self.write(
                 &format!("workload-{}.yaml", spec.name),
-                &self.workload_yaml(&pod, &spec.labels, true),
+                &self.workload_yaml(&pod, &spec.labels),
             );
         }
         self.pods.insert(spec.name.clone(), pod.clone());
@@ -556,19 +540,6 @@ impl Mesh {
                     .ok()
                     .filter(|(s, _)| *s == 200)
             },
-        );
-    }
-
-    /// Marks a server pod's Workload ready or not (a readiness change, as a kubelet makes).
-    pub fn set_ready(&self, pod: &str, ready: bool, labels: &[(&str, &str)]) {
-        let labels: Vec<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let p = self.pod(pod).clone();
-        self.write(
-            &format!("workload-{pod}.yaml"),
-            &self.workload_yaml(&p, &labels, ready),
         );
     }
 
