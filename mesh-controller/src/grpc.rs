@@ -1,4 +1,5 @@
-//! The gRPC servers proxies talk to: Destination (discovery) and Inbound (inbound policy).
+//! The gRPC servers proxies talk to: Destination (discovery) and Inbound (inbound policy, per
+//! port with `Watch` or for all of a workload's declared ports with `WatchWorkload`).
 //!
 //! Each request opens a long-lived stream fed by one task: the first message is the full
 //! state (or `not_found`), then only differences: endpoints removed, endpoints added or
@@ -10,13 +11,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_core::convert::addr_to_proto;
+use mesh_core::convert::{addr_to_proto, protocol_to_proto};
 use mesh_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::inbound::{InboundKey, InboundState};
+use crate::inbound::{InboundKey, InboundState, WorkloadKey, WorkloadPorts};
 use crate::index::Index;
 use crate::metrics::{ApiLabel, Metrics};
 use crate::resolve;
@@ -172,17 +173,18 @@ pub struct InboundSvc {
 }
 
 fn inbound_msg(s: &InboundState) -> pb::InboundPolicy {
-    use mesh_crds::ServerProtocol as P;
-    let protocol = match s.protocol {
-        P::Detect => pb::Protocol::Detect,
-        P::Http1 => pb::Protocol::Http1,
-        P::Http2 => pb::Protocol::Http2,
-        P::Grpc => pb::Protocol::Grpc,
-        P::Opaque => pb::Protocol::Opaque,
-    };
     pb::InboundPolicy {
         server: s.server.clone(),
-        protocol: protocol as i32,
+        protocol: protocol_to_proto(s.protocol) as i32,
+    }
+}
+
+fn workload_msg(ports: &WorkloadPorts) -> pb::WorkloadPolicy {
+    pb::WorkloadPolicy {
+        ports: ports
+            .iter()
+            .map(|(port, st)| (u32::from(*port), inbound_msg(st)))
+            .collect(),
     }
 }
 
@@ -202,6 +204,33 @@ impl pb::inbound_server::Inbound for InboundSvc {
         tokio::spawn(async move {
             loop {
                 let msg = inbound_msg(&watch.borrow_and_update());
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                open.sent();
+                tokio::select! {
+                    changed = watch.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchWorkloadStream = Stream<pb::WorkloadPolicy>;
+
+    async fn watch_workload(
+        &self,
+        req: Request<pb::InboundWorkload>,
+    ) -> Result<Response<Self::WatchWorkloadStream>, Status> {
+        let req = req.into_inner();
+        let key = WorkloadKey::parse(&req.workload).map_err(Status::invalid_argument)?;
+        let (tx, rx) = mpsc::channel(4);
+        let open = OpenStream::new(self.index.metrics.clone(), "inbound_workload");
+        let mut watch = self.index.watch_workload(key);
+        tokio::spawn(async move {
+            loop {
+                let msg = workload_msg(&watch.borrow_and_update());
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }

@@ -1,16 +1,27 @@
-//! Inbound policy: what a proxy should expect on one port of its workload.
+//! Inbound policy: what a proxy should expect on the ports of its workload, and the protocol
+//! each port declares (which discovery also hands to client proxies, see [`crate::services`]).
 //!
 //! A proxy names its workload in the form `ns:<namespace>/pod:<name>` (Kubernetes) or
-//! `ns:<namespace>/workload:<name>` (a Workload object). The Servers in that namespace whose
-//! selector matches the workload's labels and whose port matches (by number, or by the name of
-//! a container or Workload port) decide the protocol; with several, the first by name wins.
-//! Without one the proxy detects the protocol.
+//! `ns:<namespace>/workload:<name>` (a Workload object). The protocol of a workload port is
+//! decided, in order:
+//!
+//! 1. by the Servers in that namespace whose selector matches the workload's labels and whose
+//!    port matches (by number, or by the name of a container or Workload port); with several,
+//!    the first by name wins, whatever protocol it says (`Detect` included: a Server is the
+//!    more specific statement);
+//! 2. else by the `appProtocol` of a port of a Service in the namespace that selects the
+//!    workload and whose `targetPort` maps to that port ([`target_port`], the same mapping
+//!    discovery uses for endpoint ports); the first by Service name then port order that
+//!    declares something ([`app_protocol`]) wins;
+//! 3. else the proxy detects the protocol.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use mesh_core::AppProtocol;
 use mesh_crds::{Server, ServerProtocol};
 
 use crate::objects::{ObjKey, Objects};
@@ -19,6 +30,54 @@ use crate::objects::{ObjKey, Objects};
 pub enum WorkloadKind {
     Pod,
     Workload,
+}
+
+/// One workload, as a proxy names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadKey {
+    pub namespace: String,
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+impl WorkloadKey {
+    /// Parses `ns:<namespace>/pod:<name>` or `ns:<namespace>/workload:<name>`.
+    pub fn parse(workload: &str) -> Result<Self, String> {
+        let mut namespace = None;
+        let mut who = None;
+        for part in workload.split('/') {
+            match part.split_once(':') {
+                Some(("ns", ns)) if !ns.is_empty() => namespace = Some(ns),
+                Some(("pod", n)) if !n.is_empty() => who = Some((WorkloadKind::Pod, n)),
+                Some(("workload", n)) if !n.is_empty() => who = Some((WorkloadKind::Workload, n)),
+                _ => {}
+            }
+        }
+        match (namespace, who) {
+            (Some(ns), Some((kind, name))) => Ok(Self {
+                namespace: ns.into(),
+                kind,
+                name: name.into(),
+            }),
+            _ => Err(format!(
+                "workload '{workload}' is not of the form ns:<namespace>/pod:<name> or ns:<namespace>/workload:<name>"
+            )),
+        }
+    }
+
+    pub fn port(&self, port: u16) -> InboundKey {
+        InboundKey {
+            namespace: self.namespace.clone(),
+            kind: self.kind,
+            name: self.name.clone(),
+            port,
+        }
+    }
+
+    /// The key of the Pod or Workload object.
+    pub fn object(&self) -> ObjKey {
+        ObjKey::new(self.namespace.clone(), self.name.clone())
+    }
 }
 
 /// One watched workload port.
@@ -37,36 +96,81 @@ impl InboundKey {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("port {port} is not a TCP port"))?;
-        let mut namespace = None;
-        let mut who = None;
-        for part in workload.split('/') {
-            match part.split_once(':') {
-                Some(("ns", ns)) if !ns.is_empty() => namespace = Some(ns),
-                Some(("pod", n)) if !n.is_empty() => who = Some((WorkloadKind::Pod, n)),
-                Some(("workload", n)) if !n.is_empty() => who = Some((WorkloadKind::Workload, n)),
-                _ => {}
-            }
-        }
-        match (namespace, who) {
-            (Some(ns), Some((kind, name))) => Ok(Self {
-                namespace: ns.into(),
-                kind,
-                name: name.into(),
-                port,
-            }),
-            _ => Err(format!(
-                "workload '{workload}' is not of the form ns:<namespace>/pod:<name> or ns:<namespace>/workload:<name>"
-            )),
-        }
+        Ok(WorkloadKey::parse(workload)?.port(port))
     }
 }
 
 /// What the proxy is told about a port.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct InboundState {
-    /// `namespace/name` of the Server that applies, empty when none does.
+    /// `namespace/name` of the Server that applies, empty when none does (also when the
+    /// protocol comes from a Service's `appProtocol`).
     pub server: String,
-    pub protocol: ServerProtocol,
+    pub protocol: AppProtocol,
+}
+
+/// The declared ports of one workload, by port number (ports not in it use detection).
+pub type WorkloadPorts = BTreeMap<u16, InboundState>;
+
+/// The model's protocol for a Server's.
+pub fn server_protocol(p: ServerProtocol) -> AppProtocol {
+    match p {
+        ServerProtocol::Detect => AppProtocol::Detect,
+        ServerProtocol::Http1 => AppProtocol::Http1,
+        ServerProtocol::Http2 => AppProtocol::Http2,
+        ServerProtocol::Grpc => AppProtocol::Grpc,
+        ServerProtocol::Opaque => AppProtocol::Opaque,
+    }
+}
+
+/// The protocol a Service port's `appProtocol` declares (case-insensitive): opaque TCP for
+/// `tcp`, `mesh.dev/opaque` and the server-speaks-first protocols, HTTP/1, HTTP/2 (h2c) or
+/// gRPC for their names; anything else (or nothing) declares nothing.
+pub fn app_protocol(value: Option<&str>) -> AppProtocol {
+    let Some(v) = value else {
+        return AppProtocol::Detect;
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "tcp" | "mesh.dev/opaque" | "mysql" | "mariadb" | "postgresql" | "redis" | "mongodb"
+        | "smtp" => AppProtocol::Opaque,
+        "http" | "kubernetes.io/http" => AppProtocol::Http1,
+        "kubernetes.io/h2c" | "http2" | "h2c" => AppProtocol::Http2,
+        "grpc" => AppProtocol::Grpc,
+        _ => AppProtocol::Detect,
+    }
+}
+
+/// The workload port a Service port sends to: `targetPort` as a number, or as the name of a
+/// container (or Workload) port looked up with `named`; without `targetPort`, the Service
+/// port itself. `None` when it names no port of this workload.
+pub fn target_port(sp: &ServicePort, named: impl Fn(&str) -> Option<u16>) -> Option<u16> {
+    let port = match &sp.target_port {
+        None => u16::try_from(sp.port).ok(),
+        Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+        Some(IntOrString::String(name)) => named(name),
+    };
+    port.filter(|p| *p > 0)
+}
+
+/// The first Server (of `servers`, sorted by name) that selects a workload with `labels` and
+/// covers its `port` (by number, or by a port name that `named` maps to it).
+pub fn server_for<'a>(
+    servers: &'a [Arc<Server>],
+    labels: &BTreeMap<String, String>,
+    named: impl Fn(&str) -> Option<u16>,
+    port: u16,
+) -> Option<&'a Arc<Server>> {
+    servers.iter().find(|s| {
+        let port_matches = match &s.spec.port {
+            IntOrString::Int(n) => i64::from(*n) == i64::from(port),
+            IntOrString::String(name) => named(name) == Some(port),
+        };
+        port_matches
+            && s.spec
+                .selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+    })
 }
 
 /// The labels and named ports of one Pod or Workload.
@@ -95,13 +199,50 @@ impl Member {
             }),
         }
     }
+
+    fn named(&self, name: &str) -> Option<u16> {
+        self.ports.get(name).copied()
+    }
+}
+
+/// The part of a Service inbound policy needs: its selector and the ports that declare an
+/// `appProtocol`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredService {
+    selector: BTreeMap<String, String>,
+    /// Each port that declares a protocol, in the Service's order.
+    ports: Vec<(ServicePort, AppProtocol)>,
+}
+
+impl DeclaredService {
+    fn of(svc: &Service) -> Option<Self> {
+        let spec = svc.spec.as_ref()?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let selector = spec.selector.clone().filter(|s| !s.is_empty())?;
+        let ports: Vec<(ServicePort, AppProtocol)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.clone(), app_protocol(p.app_protocol.as_deref())))
+            .filter(|(_, proto)| !proto.is_detect())
+            .collect();
+        (!ports.is_empty()).then_some(Self { selector, ports })
+    }
+
+    fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
 }
 
 /// The inbound-relevant objects of one namespace, updated in place: the Servers when one
-/// changes, one member when its Pod or Workload changes.
+/// changes, the Services that declare an `appProtocol` when a Service changes, one member
+/// when its Pod or Workload changes.
 #[derive(Debug, Default)]
 pub struct NamespaceInbound {
     servers: Vec<Arc<Server>>,
+    services: Vec<DeclaredService>,
     members: HashMap<(WorkloadKind, String), Member>,
 }
 
@@ -116,8 +257,23 @@ impl NamespaceInbound {
             .collect()
     }
 
+    /// The Services of a namespace that select workloads and declare an `appProtocol`, by
+    /// name.
+    pub fn services_of(objs: &Objects, namespace: &str) -> Vec<DeclaredService> {
+        let start = ObjKey::new(namespace, "");
+        objs.services
+            .range(start..)
+            .take_while(|(k, _)| k.namespace == namespace)
+            .filter_map(|(_, s)| DeclaredService::of(s))
+            .collect()
+    }
+
     pub fn set_servers(&mut self, servers: Vec<Arc<Server>>) {
         self.servers = servers;
+    }
+
+    pub fn set_services(&mut self, services: Vec<DeclaredService>) {
+        self.services = services;
     }
 
     pub fn set_member(&mut self, kind: WorkloadKind, name: &str, member: Option<Member>) {
@@ -131,30 +287,68 @@ impl NamespaceInbound {
         }
     }
 
+    fn member(&self, kind: WorkloadKind, name: &str) -> Option<&Member> {
+        self.members.get(&(kind, name.to_string()))
+    }
+
     pub fn state(&self, key: &InboundKey) -> InboundState {
         let empty = Member::default();
-        let member = self
-            .members
-            .get(&(key.kind, key.name.clone()))
-            .unwrap_or(&empty);
-        for s in &self.servers {
-            let selected = s
-                .spec
-                .selector
-                .iter()
-                .all(|(k, v)| member.labels.get(k) == Some(v));
-            let port_matches = match &s.spec.port {
-                IntOrString::Int(n) => i64::from(*n) == i64::from(key.port),
-                IntOrString::String(name) => member.ports.get(name) == Some(&key.port),
+        let member = self.member(key.kind, &key.name).unwrap_or(&empty);
+        self.port_state(&key.namespace, member, key.port)
+    }
+
+    fn port_state(&self, namespace: &str, member: &Member, port: u16) -> InboundState {
+        if let Some(s) = server_for(&self.servers, &member.labels, |n| member.named(n), port) {
+            return InboundState {
+                server: format!("{namespace}/{}", s.name_any()),
+                protocol: server_protocol(s.spec.protocol),
             };
-            if selected && port_matches {
-                return InboundState {
-                    server: format!("{}/{}", key.namespace, s.name_any()),
-                    protocol: s.spec.protocol,
-                };
+        }
+        for svc in self.services.iter().filter(|s| s.selects(&member.labels)) {
+            for (sp, proto) in &svc.ports {
+                if target_port(sp, |n| member.named(n)) == Some(port) {
+                    return InboundState {
+                        server: String::new(),
+                        protocol: *proto,
+                    };
+                }
             }
         }
         InboundState::default()
+    }
+
+    /// Every declared port of a workload (empty when it declares none). A workload the index
+    /// does not know (yet) has no labels and no named ports, as in [`Self::state`]: only
+    /// Servers that select everything by port number apply to it.
+    pub fn workload_state(&self, key: &WorkloadKey) -> WorkloadPorts {
+        let empty = Member::default();
+        let member = self.member(key.kind, &key.name).unwrap_or(&empty);
+        let mut candidates: BTreeSet<u16> = BTreeSet::new();
+        for s in &self.servers {
+            if !s
+                .spec
+                .selector
+                .iter()
+                .all(|(k, v)| member.labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let port = match &s.spec.port {
+                IntOrString::Int(n) => u16::try_from(*n).ok(),
+                IntOrString::String(name) => member.named(name),
+            };
+            candidates.extend(port.filter(|p| *p > 0));
+        }
+        for svc in self.services.iter().filter(|s| s.selects(&member.labels)) {
+            for (sp, _) in &svc.ports {
+                candidates.extend(target_port(sp, |n| member.named(n)));
+            }
+        }
+        candidates
+            .into_iter()
+            .map(|port| (port, self.port_state(&key.namespace, member, port)))
+            .filter(|(_, st)| *st != InboundState::default())
+            .collect()
     }
 }
 
@@ -174,5 +368,189 @@ mod tests {
         assert_eq!(k.kind, WorkloadKind::Workload);
         assert!(InboundKey::parse("web-1", 80).is_err());
         assert!(InboundKey::parse("ns:shop/pod:web", 70000).is_err());
+        let w = WorkloadKey::parse("ns:shop/workload:vm-1").unwrap();
+        assert_eq!(
+            w.port(80),
+            InboundKey::parse("ns:shop/workload:vm-1", 80).unwrap()
+        );
+        assert!(WorkloadKey::parse("ns:shop").is_err());
+    }
+
+    #[test]
+    fn app_protocol_values() {
+        for v in [
+            "tcp",
+            "TCP",
+            "mesh.dev/opaque",
+            "mysql",
+            "MariaDB",
+            "postgresql",
+            "redis",
+            "mongodb",
+            "smtp",
+        ] {
+            assert_eq!(app_protocol(Some(v)), AppProtocol::Opaque, "{v}");
+        }
+        for v in ["http", "kubernetes.io/http", "HTTP"] {
+            assert_eq!(app_protocol(Some(v)), AppProtocol::Http1, "{v}");
+        }
+        for v in ["kubernetes.io/h2c", "http2", "h2c"] {
+            assert_eq!(app_protocol(Some(v)), AppProtocol::Http2, "{v}");
+        }
+        assert_eq!(app_protocol(Some("gRPC")), AppProtocol::Grpc);
+        for v in [Some("kubernetes.io/ws"), Some("https"), Some(""), None] {
+            assert_eq!(app_protocol(v), AppProtocol::Detect, "{v:?}");
+        }
+    }
+
+    fn server(
+        name: &str,
+        selector: &[(&str, &str)],
+        port: IntOrString,
+        p: ServerProtocol,
+    ) -> Arc<Server> {
+        let mut s = Server::new(
+            name,
+            mesh_crds::ServerSpec {
+                selector: selector
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                port,
+                protocol: p,
+            },
+        );
+        s.metadata.namespace = Some("shop".into());
+        Arc::new(s)
+    }
+
+    fn service(selector: &[(&str, &str)], ports: Vec<ServicePort>) -> Service {
+        Service {
+            spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
+                selector: Some(
+                    selector
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ports: Some(ports),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn port(port: i32, target: Option<IntOrString>, app: Option<&str>) -> ServicePort {
+        ServicePort {
+            port,
+            target_port: target,
+            app_protocol: app.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn db_namespace() -> NamespaceInbound {
+        let mut ns = NamespaceInbound::default();
+        ns.set_member(
+            WorkloadKind::Workload,
+            "db-1",
+            Some(Member {
+                labels: [("app".to_string(), "db".to_string())].into(),
+                ports: [("mysql".to_string(), 13306), ("admin".to_string(), 9000)].into(),
+            }),
+        );
+        ns
+    }
+
+    #[test]
+    fn target_ports_map_by_number_name_or_default() {
+        let named = |n: &str| (n == "mysql").then_some(13306);
+        assert_eq!(target_port(&port(3306, None, None), named), Some(3306));
+        assert_eq!(
+            target_port(&port(3306, Some(IntOrString::Int(13306)), None), named),
+            Some(13306)
+        );
+        assert_eq!(
+            target_port(
+                &port(3306, Some(IntOrString::String("mysql".into())), None),
+                named
+            ),
+            Some(13306)
+        );
+        assert_eq!(
+            target_port(
+                &port(3306, Some(IntOrString::String("other".into())), None),
+                named
+            ),
+            None
+        );
+        assert_eq!(
+            target_port(&port(3306, Some(IntOrString::Int(0)), None), named),
+            None
+        );
+    }
+
+    #[test]
+    fn app_protocol_is_the_fallback_through_the_target_port_and_a_server_wins() {
+        let mut ns = db_namespace();
+        let key = WorkloadKey::parse("ns:shop/workload:db-1").unwrap();
+        assert!(ns.workload_state(&key).is_empty());
+        // Port 3306 sends to the named port 13306, which is what the proxy sees.
+        let svc = service(
+            &[("app", "db")],
+            vec![
+                port(
+                    3306,
+                    Some(IntOrString::String("mysql".into())),
+                    Some("mysql"),
+                ),
+                port(80, Some(IntOrString::Int(8080)), Some("kubernetes.io/ws")),
+            ],
+        );
+        ns.set_services(DeclaredService::of(&svc).into_iter().collect());
+        assert_eq!(ns.state(&key.port(3306)), InboundState::default());
+        let st = ns.state(&key.port(13306));
+        assert_eq!((st.server.as_str(), st.protocol), ("", AppProtocol::Opaque));
+        assert_eq!(
+            ns.workload_state(&key).into_iter().collect::<Vec<_>>(),
+            vec![(13306, st.clone())]
+        );
+        // A Server on the same port says something else: it is more specific, it wins, even
+        // with Detect.
+        ns.set_servers(vec![server(
+            "mysql",
+            &[("app", "db")],
+            IntOrString::String("mysql".into()),
+            ServerProtocol::Detect,
+        )]);
+        let st = ns.state(&key.port(13306));
+        assert_eq!(
+            (st.server.as_str(), st.protocol),
+            ("shop/mysql", AppProtocol::Detect)
+        );
+        // A Server on another port adds that port; one that selects other labels adds nothing.
+        ns.set_servers(vec![
+            server(
+                "admin",
+                &[("app", "db")],
+                IntOrString::Int(9000),
+                ServerProtocol::Http1,
+            ),
+            server(
+                "web",
+                &[("app", "web")],
+                IntOrString::Int(80),
+                ServerProtocol::Opaque,
+            ),
+        ]);
+        let ports = ns.workload_state(&key);
+        assert_eq!(ports.keys().copied().collect::<Vec<_>>(), vec![9000, 13306]);
+        assert_eq!(ports[&9000].protocol, AppProtocol::Http1);
+        assert_eq!(ports[&13306].protocol, AppProtocol::Opaque);
+        // A Service that does not select the workload declares nothing for it.
+        ns.set_servers(vec![]);
+        let other = service(&[("app", "web")], vec![port(13306, None, Some("tcp"))]);
+        ns.set_services(DeclaredService::of(&other).into_iter().collect());
+        assert!(ns.workload_state(&key).is_empty());
     }
 }

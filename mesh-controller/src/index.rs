@@ -4,7 +4,8 @@
 //! backends in batches (everything queued at once, so a burst costs one recomputation),
 //! recomputes only the Services, namespaces and conditions the batch touched, and publishes
 //! the results through `tokio::sync::watch` channels: one per (Service, port) or (cluster IP,
-//! port) that some proxy asked for, and one per watched workload port. Streams read the latest
+//! port) that some proxy asked for, one per watched workload port and one per watched workload
+//! (the map of its declared ports). Streams read the latest
 //! value when they are ready, so a slow proxy never holds up the index, and intermediate
 //! states it missed are skipped. The lock around the channel table is never held across an
 //! `.await`.
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::inbound::{InboundKey, InboundState, Member, NamespaceInbound, WorkloadKind};
+use crate::inbound::{
+    self, InboundKey, InboundState, Member, NamespaceInbound, WorkloadKey, WorkloadKind,
+    WorkloadPorts,
+};
 use crate::metrics::{KindLabel, Metrics};
 use crate::objects::{Change, Dirty, Kind, ObjKey, Objects};
 use crate::policies::{self, Resolved};
@@ -54,6 +58,7 @@ struct Shared {
     destinations: HashMap<Target, watch::Sender<Option<Arc<PortState>>>>,
     namespaces: HashMap<String, NamespaceInbound>,
     inbound: HashMap<InboundKey, watch::Sender<InboundState>>,
+    workloads: HashMap<WorkloadKey, watch::Sender<WorkloadPorts>>,
 }
 
 impl Shared {
@@ -71,6 +76,25 @@ impl Shared {
             .map(|ns| ns.state(key))
             .unwrap_or_default()
     }
+
+    fn workload_state(&self, key: &WorkloadKey) -> WorkloadPorts {
+        self.namespaces
+            .get(&key.namespace)
+            .map(|ns| ns.workload_state(key))
+            .unwrap_or_default()
+    }
+}
+
+/// Replaces a channel's value when it differs (receivers wake only on a real change).
+fn publish<T: PartialEq>(tx: &watch::Sender<T>, value: T) {
+    tx.send_if_modified(|cur| {
+        if *cur == value {
+            false
+        } else {
+            *cur = value;
+            true
+        }
+    });
 }
 
 /// The shared index: subscribe from gRPC handlers, feed from backends through [`Index::run`].
@@ -138,6 +162,18 @@ impl Index {
         let value = s.inbound_state(&key);
         let (tx, rx) = watch::channel(value);
         s.inbound.insert(key, tx);
+        rx
+    }
+
+    /// Watches every declared port of one workload.
+    pub fn watch_workload(&self, key: WorkloadKey) -> watch::Receiver<WorkloadPorts> {
+        let mut s = self.lock();
+        if let Some(tx) = s.workloads.get(&key) {
+            return tx.subscribe();
+        }
+        let value = s.workload_state(&key);
+        let (tx, rx) = watch::channel(value);
+        s.workloads.insert(key, tx);
         rx
     }
 
@@ -231,6 +267,7 @@ impl Index {
         let mut s = self.lock();
         s.destinations.retain(|_, tx| tx.receiver_count() > 0);
         s.inbound.retain(|_, tx| tx.receiver_count() > 0);
+        s.workloads.retain(|_, tx| tx.receiver_count() > 0);
     }
 
     fn recompute(&self, objs: &Objects, mut dirty: Dirty, state: &mut Derived) {
@@ -251,6 +288,11 @@ impl Index {
             .inbound_servers
             .iter()
             .map(|ns| (ns.clone(), NamespaceInbound::servers_of(objs, ns)))
+            .collect();
+        let declared: Vec<(String, Vec<inbound::DeclaredService>)> = dirty
+            .inbound_services
+            .iter()
+            .map(|ns| (ns.clone(), NamespaceInbound::services_of(objs, ns)))
             .collect();
         let members: Vec<(&(WorkloadKind, ObjKey), Option<Member>)> = dirty
             .inbound_members
@@ -290,14 +332,7 @@ impl Index {
                 for t in ts {
                     let value = s.lookup(&t);
                     if let Some(tx) = s.destinations.get(&t) {
-                        tx.send_if_modified(|cur| {
-                            if *cur == value {
-                                false
-                            } else {
-                                *cur = value;
-                                true
-                            }
-                        });
+                        publish(tx, value);
                     }
                 }
             }
@@ -305,37 +340,48 @@ impl Index {
         for (ns, list) in servers {
             s.namespaces.entry(ns).or_default().set_servers(list);
         }
+        for (ns, list) in declared {
+            s.namespaces.entry(ns).or_default().set_services(list);
+        }
         for ((kind, key), member) in members {
             s.namespaces
                 .entry(key.namespace.clone())
                 .or_default()
                 .set_member(*kind, &key.name, member);
         }
-        if !dirty.inbound_servers.is_empty() || !dirty.inbound_members.is_empty() {
+        if !dirty.inbound_servers.is_empty()
+            || !dirty.inbound_services.is_empty()
+            || !dirty.inbound_members.is_empty()
+        {
             let Shared {
                 inbound,
+                workloads,
                 namespaces,
                 ..
             } = &*s;
+            let touched = |namespace: &str, kind: WorkloadKind, name: &str| {
+                dirty.inbound_servers.contains(namespace)
+                    || dirty.inbound_services.contains(namespace)
+                    || dirty
+                        .inbound_members
+                        .contains(&(kind, ObjKey::new(namespace, name)))
+            };
             for (key, tx) in inbound.iter() {
-                let touched = dirty.inbound_servers.contains(&key.namespace)
-                    || dirty.inbound_members.contains(&(
-                        key.kind,
-                        ObjKey::new(key.namespace.clone(), key.name.clone()),
-                    ));
-                if touched {
+                if touched(&key.namespace, key.kind, &key.name) {
                     let value = namespaces
                         .get(&key.namespace)
                         .map(|n| n.state(key))
                         .unwrap_or_default();
-                    tx.send_if_modified(|cur| {
-                        if *cur == value {
-                            false
-                        } else {
-                            *cur = value;
-                            true
-                        }
-                    });
+                    publish(tx, value);
+                }
+            }
+            for (key, tx) in workloads.iter() {
+                if touched(&key.namespace, key.kind, &key.name) {
+                    let value = namespaces
+                        .get(&key.namespace)
+                        .map(|n| n.workload_state(key))
+                        .unwrap_or_default();
+                    publish(tx, value);
                 }
             }
         }

@@ -237,6 +237,9 @@ pub struct Dirty {
     pub services: BTreeSet<ObjKey>,
     /// Namespaces whose inbound policies (Servers, Pod/Workload labels) may have changed.
     pub inbound_servers: BTreeSet<String>,
+    /// Namespaces whose Services (their selectors and `appProtocol`s, which inbound policy
+    /// falls back to) may have changed.
+    pub inbound_services: BTreeSet<String>,
     /// Pods and Workloads whose labels or ports may have changed (for inbound policy).
     pub inbound_members: BTreeSet<(WorkloadKind, ObjKey)>,
     /// Routes or policies changed: their status conditions need recomputing.
@@ -249,6 +252,7 @@ impl Dirty {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty()
             && self.inbound_servers.is_empty()
+            && self.inbound_services.is_empty()
             && self.inbound_members.is_empty()
             && !self.conditions
             && self.workloads.is_empty()
@@ -499,7 +503,10 @@ impl Objects {
     fn touch(&self, obj: &Object, dirty: &mut Dirty) {
         match obj {
             Object::Service(s) => {
-                dirty.services.insert(ObjKey::of(s.as_ref()));
+                let key = ObjKey::of(s.as_ref());
+                // Inbound policy falls back to the `appProtocol` of selecting Services.
+                dirty.inbound_services.insert(key.namespace.clone());
+                dirty.services.insert(key);
                 // Routes' ResolvedRefs depend on which Services exist.
                 dirty.conditions = true;
             }
@@ -529,9 +536,17 @@ impl Objects {
                 dirty.workloads.insert(key);
             }
             Object::Server(s) => {
-                dirty
-                    .inbound_servers
-                    .insert(ObjKey::of(s.as_ref()).namespace);
+                let namespace = ObjKey::of(s.as_ref()).namespace;
+                // Endpoints carry the protocol their Server declares: every Service of the
+                // namespace may have endpoints the Server selects.
+                let start = ObjKey::new(namespace.clone(), "");
+                dirty.services.extend(
+                    self.services
+                        .range(start..)
+                        .take_while(|(k, _)| k.namespace == namespace)
+                        .map(|(k, _)| k.clone()),
+                );
+                dirty.inbound_servers.insert(namespace);
             }
             Object::BackendPolicy(p) => {
                 let key = ObjKey::of(p.as_ref());

@@ -7,15 +7,24 @@
 //! proxy gets the `meshed_h2` hint (with the proxy's inbound port only for a Workload that
 //! names one, i.e. is not intercepted), and every endpoint carries the SPIFFE identity of
 //! its service account.
+//!
+//! Every endpoint also carries the protocol its port declares, so that a client proxy can
+//! skip detection too: the Server that selects the endpoint's Pod or Workload and covers the
+//! port the endpoint is reached on (the Service port's `targetPort`, resolved as for the
+//! endpoint's address), else the Service port's `appProtocol` (see [`crate::inbound`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use mesh_core::{BackendPolicy, Endpoint, Identity, ProtocolHint, Route, ServiceProfile};
+use kube::ResourceExt;
+use mesh_core::{
+    AppProtocol, BackendPolicy, Endpoint, Identity, ProtocolHint, Route, ServiceProfile,
+};
+use mesh_crds::Server;
 
+use crate::inbound::{self, NamespaceInbound};
 use crate::objects::{ObjKey, Objects};
 use crate::policies::{Resolved, Settings};
 use crate::routes::Entry;
@@ -141,6 +150,20 @@ fn endpoints(
     naming: &Naming,
 ) -> Vec<Endpoint> {
     let mut out: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    let declared = inbound::app_protocol(sp.app_protocol.as_deref());
+    // Servers per namespace of the endpoints' workloads (nearly always the Service's).
+    let mut servers: HashMap<String, Vec<Arc<Server>>> = HashMap::new();
+    let mut server_protocol = |namespace: &str,
+                               labels: &BTreeMap<String, String>,
+                               named: &dyn Fn(&str) -> Option<u16>,
+                               port: u16|
+     -> Option<AppProtocol> {
+        let list = servers
+            .entry(namespace.to_string())
+            .or_insert_with(|| NamespaceInbound::servers_of(objs, namespace));
+        inbound::server_for(list, labels, named, port)
+            .map(|s| inbound::server_protocol(s.spec.protocol))
+    };
     for slice_key in objs.slices_by_service.get(key).into_iter().flatten() {
         let Some(slice) = objs.slices.get(slice_key) else {
             continue;
@@ -155,6 +178,14 @@ fn endpoints(
             .and_then(|p| u16::try_from(p).ok())
         else {
             continue;
+        };
+        // The slice's port is the Service's targetPort already resolved (by name through
+        // each Pod's container ports) by whoever wrote the slice.
+        let slice_declared = match declared {
+            AppProtocol::Detect => {
+                inbound::app_protocol(matched.and_then(|p| p.app_protocol.as_deref()))
+            }
+            d => d,
         };
         for ep in &slice.endpoints {
             if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
@@ -175,7 +206,16 @@ fn endpoints(
                 };
                 let mut e = Endpoint::new(SocketAddr::new(ip, port));
                 e.zone = ep.zone.clone();
+                e.protocol = slice_declared;
                 if let Some(pod) = pod {
+                    if let Some(p) = server_protocol(
+                        &pod.key.namespace,
+                        &pod.labels,
+                        &|n| pod.ports.get(n).copied(),
+                        port,
+                    ) {
+                        e.protocol = p;
+                    }
                     e.identity = naming.identity(&pod.key.namespace, &pod.service_account);
                     // A meshed Pod's traffic is intercepted: peers connect to the app's
                     // port and iptables hands the connection to its proxy, which learns
@@ -196,21 +236,13 @@ fn endpoints(
         let Ok(ip) = w.spec.address.parse::<IpAddr>() else {
             continue;
         };
-        let port = match &sp.target_port {
-            None => u16::try_from(sp.port).ok(),
-            Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-            Some(IntOrString::String(name)) => w
-                .spec
-                .ports
-                .iter()
-                .find(|p| &p.name == name)
-                .map(|p| p.port),
-        };
-        let Some(port) = port.filter(|p| *p > 0) else {
+        let named = |name: &str| w.spec.ports.iter().find(|p| p.name == name).map(|p| p.port);
+        let Some(port) = inbound::target_port(sp, named) else {
             continue;
         };
         let mut e = Endpoint::new(SocketAddr::new(ip, port));
         e.zone = w.spec.zone.clone();
+        e.protocol = server_protocol(&wkey.namespace, w.labels(), &named, port).unwrap_or(declared);
         e.identity = naming.identity(
             &wkey.namespace,
             w.spec.service_account.as_deref().unwrap_or("default"),

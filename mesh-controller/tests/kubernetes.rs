@@ -473,3 +473,89 @@ async fn two_controller_binaries_serve_side_by_side_and_one_leads() {
         .count();
     assert!(patches >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_named_container_port_makes_the_endpoints_opaque() {
+    let server = FakeApiServer::start();
+    install_crds(&server).await;
+    server
+        .upsert(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db-0", "namespace": "shop", "labels": {"app": "db"}},
+            "spec": {"containers": [
+                {"name": "mysql", "image": "mariadb", "ports": [{"name": "mysql", "containerPort": 13306}]},
+                {"name": "mesh-proxy", "image": "mesh-proxy"}
+            ]}
+        }))
+        .unwrap();
+    server
+        .upsert(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "db"},
+                     "ports": [{"name": "mysql", "port": 3306, "targetPort": "mysql"}]}
+        }))
+        .unwrap();
+    // As the EndpointSlice controller writes it: the targetPort resolved to the Pod's port.
+    server
+        .upsert(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true},
+                           "targetRef": {"kind": "Pod", "name": "db-0", "namespace": "shop"}}],
+            "ports": [{"name": "mysql", "port": 13306, "protocol": "TCP"}]
+        }))
+        .unwrap();
+    server
+        .upsert(json!({
+            "apiVersion": "mesh.dev/v1alpha1", "kind": "Server",
+            "metadata": {"name": "mysql", "namespace": "shop"},
+            "spec": {"selector": {"app": "db"}, "port": "mysql", "protocol": "Opaque"}
+        }))
+        .unwrap();
+    let ctl = start_controller(&server).await;
+
+    let opaque = mesh_proto::v1::Protocol::Opaque as i32;
+    let mut s = destination(ctl.grpc_addr, "db.shop.svc.cluster.local:3306").await;
+    match next(&mut s).await {
+        Update::State(st) => {
+            assert_eq!(st.endpoints.len(), 1);
+            assert_eq!(st.endpoints[0].address.as_ref().unwrap().port, 13306);
+            assert_eq!(st.endpoints[0].protocol, opaque);
+        }
+        other => panic!("expected the state, got {other:?}"),
+    }
+    // The server side agrees, port by port and for the whole workload.
+    let mut client =
+        mesh_proto::v1::inbound_client::InboundClient::connect(format!("http://{}", ctl.grpc_addr))
+            .await
+            .unwrap();
+    let mut w = client
+        .watch_workload(mesh_proto::v1::InboundWorkload {
+            workload: "ns:shop/pod:db-0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = w.message().await.unwrap().unwrap();
+    assert_eq!(first.ports.len(), 1);
+    assert_eq!(first.ports[&13306].protocol, opaque);
+    assert_eq!(first.ports[&13306].server, "shop/mysql");
+
+    // The Server goes: the endpoint is re-sent, to be detected.
+    server
+        .remove("mesh.dev/v1alpha1", "servers", Some("shop"), "mysql")
+        .unwrap();
+    match next(&mut s).await {
+        Update::Add(a) => {
+            assert_eq!(a.endpoints.len(), 1);
+            assert_eq!(
+                a.endpoints[0].protocol,
+                mesh_proto::v1::Protocol::Detect as i32
+            );
+        }
+        other => panic!("expected an add, got {other:?}"),
+    }
+    ctl.shutdown();
+}

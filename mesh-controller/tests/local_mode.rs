@@ -397,3 +397,216 @@ async fn inbound_policy_follows_server_objects() {
         err.message()
     );
 }
+
+/// Next message on any stream, within 5 s.
+async fn next_msg<T>(s: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), s.message())
+        .await
+        .expect("a message within 5s")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+/// (port, protocol) of each endpoint in a full state or an add.
+fn endpoint_protocols(u: &Update) -> Vec<(u32, i32)> {
+    let list = match u {
+        Update::State(st) => &st.endpoints,
+        Update::Add(a) => &a.endpoints,
+        other => panic!("expected endpoints, got {other:?}"),
+    };
+    list.iter()
+        .map(|e| (e.address.as_ref().map_or(0, |a| a.port), e.protocol))
+        .collect()
+}
+
+const DB_SERVICES: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: mysql, port: 3306, targetPort: 13306}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-named}
+spec:
+  selector: {app: db}
+  ports: [{name: mysql, port: 3307, targetPort: mysql}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache}
+spec:
+  selector: {app: cache}
+  ports: [{name: redis, port: 6379, targetPort: 16379, appProtocol: tcp}]
+---
+apiVersion: mesh.dev/v1alpha1
+kind: Workload
+metadata: {name: db-1, labels: {app: db}}
+spec:
+  address: 127.0.0.1
+  ports: [{name: mysql, port: 13306}]
+---
+apiVersion: mesh.dev/v1alpha1
+kind: Workload
+metadata: {name: cache-1, labels: {app: cache}}
+spec:
+  address: 127.0.0.2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_carry_the_protocol_a_server_or_app_protocol_declares_through_target_ports() {
+    use mesh_proto::v1::Protocol;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "services.yaml", DB_SERVICES);
+    // The Server names the workload port (13306), not the Service ports (3306, 3307).
+    write(
+        dir.path(),
+        "server.yaml",
+        "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: mysql}\nspec: {selector: {app: db}, port: 13306, protocol: Opaque}\n",
+    );
+    let ctl = Controller::start_fresh(dir.path());
+    ctl.ready().await;
+
+    let opaque = Protocol::Opaque as i32;
+    let detect = Protocol::Detect as i32;
+    // targetPort a number other than the port, and targetPort a name of the Workload's port.
+    let mut by_number = destination(ctl.grpc, "db.default.svc.cluster.local:3306").await;
+    assert_eq!(
+        endpoint_protocols(&next(&mut by_number).await),
+        vec![(13306, opaque)]
+    );
+    let mut by_name = destination(ctl.grpc, "db-named:3307").await;
+    assert_eq!(
+        endpoint_protocols(&next(&mut by_name).await),
+        vec![(13306, opaque)]
+    );
+    // appProtocol: tcp, no Server at all.
+    let mut cache = destination(ctl.grpc, "cache:6379").await;
+    assert_eq!(
+        endpoint_protocols(&next(&mut cache).await),
+        vec![(16379, opaque)]
+    );
+
+    // The Server goes: both Services' endpoints are re-sent, now to be detected.
+    std::fs::remove_file(dir.path().join("server.yaml")).unwrap();
+    assert_eq!(
+        endpoint_protocols(&next(&mut by_number).await),
+        vec![(13306, detect)]
+    );
+    assert_eq!(
+        endpoint_protocols(&next(&mut by_name).await),
+        vec![(13306, detect)]
+    );
+    // It comes back by port name, saying HTTP/2; the appProtocol of `cache` changes.
+    write(
+        dir.path(),
+        "server.yaml",
+        "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: mysql}\nspec: {selector: {app: db}, port: mysql, protocol: HTTP/2}\n",
+    );
+    assert_eq!(
+        endpoint_protocols(&next(&mut by_number).await),
+        vec![(13306, Protocol::Http2 as i32)]
+    );
+    write(
+        dir.path(),
+        "services.yaml",
+        &DB_SERVICES.replace("appProtocol: tcp", "appProtocol: kubernetes.io/h2c"),
+    );
+    assert_eq!(
+        endpoint_protocols(&next(&mut cache).await),
+        vec![(16379, Protocol::Http2 as i32)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_workload_streams_every_declared_port() {
+    use mesh_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    // The Service's appProtocol declares the workload port its named targetPort maps to.
+    write(
+        dir.path(),
+        "db.yaml",
+        &DB_SERVICES.replace(
+            "targetPort: mysql}",
+            "targetPort: mysql, appProtocol: MySQL}",
+        ),
+    );
+    let ctl = Controller::start_fresh(dir.path());
+    ctl.ready().await;
+    let mut client = pb::inbound_client::InboundClient::connect(format!("http://{}", ctl.grpc))
+        .await
+        .unwrap();
+    let ports = |m: &pb::WorkloadPolicy| {
+        let mut v: Vec<(u32, String, i32)> = m
+            .ports
+            .iter()
+            .map(|(p, pol)| (*p, pol.server.clone(), pol.protocol))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut s = client
+        .watch_workload(pb::InboundWorkload {
+            workload: "ns:default/workload:db-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let opaque = pb::Protocol::Opaque as i32;
+    assert_eq!(
+        ports(&next_msg(&mut s).await),
+        vec![(13306, String::new(), opaque)]
+    );
+
+    // A Server adds its port; removing it removes the port again.
+    write(
+        dir.path(),
+        "server.yaml",
+        "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: admin}\nspec: {selector: {app: db}, port: 9000, protocol: HTTP/1}\n",
+    );
+    assert_eq!(
+        ports(&next_msg(&mut s).await),
+        vec![
+            (
+                9000,
+                "default/admin".to_string(),
+                pb::Protocol::Http1 as i32
+            ),
+            (13306, String::new(), opaque)
+        ]
+    );
+    std::fs::remove_file(dir.path().join("server.yaml")).unwrap();
+    assert_eq!(
+        ports(&next_msg(&mut s).await),
+        vec![(13306, String::new(), opaque)]
+    );
+
+    // A workload the controller does not know yet: an empty map, then its ports once it
+    // registers.
+    let mut later = client
+        .watch_workload(pb::InboundWorkload {
+            workload: "ns:default/workload:db-2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ports(&next_msg(&mut later).await), vec![]);
+    write(
+        dir.path(),
+        "db-2.yaml",
+        "apiVersion: mesh.dev/v1alpha1\nkind: Workload\nmetadata: {name: db-2, labels: {app: db}}\nspec:\n  address: 127.0.0.3\n  ports: [{name: mysql, port: 23306}]\n",
+    );
+    assert_eq!(
+        ports(&next_msg(&mut later).await),
+        vec![(23306, String::new(), opaque)]
+    );
+
+    let err = client
+        .watch_workload(pb::InboundWorkload {
+            workload: "db-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}

@@ -9,9 +9,10 @@ use mesh_proto::v1 as pb;
 
 use crate::route::ValueMatch;
 use crate::{
-    BackendPolicy, BalancerKind, CircuitBreaker, Endpoint, HeaderMatch, HeaderModifier,
-    HeaderValue, Identity, InvalidValue, PathMatch, Pattern, ProtocolHint, QueryParamMatch,
-    RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch, ServiceProfile, WeightedBackend,
+    AppProtocol, BackendPolicy, BalancerKind, CircuitBreaker, Endpoint, HeaderMatch,
+    HeaderModifier, HeaderValue, Identity, InvalidValue, PathMatch, Pattern, ProtocolHint,
+    QueryParamMatch, RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch, ServiceProfile,
+    WeightedBackend,
 };
 
 pub fn addr_from_proto(a: &pb::TcpAddress) -> Result<SocketAddr, InvalidValue> {
@@ -58,6 +59,28 @@ fn required<'a, T>(v: &'a Option<T>, field: &str) -> Result<&'a T, InvalidValue>
         .ok_or_else(|| InvalidValue::new(field, "is required"))
 }
 
+/// The model's protocol from its wire value; an unknown value is an error naming `field`.
+pub fn protocol_from_proto(raw: i32, field: &str) -> Result<AppProtocol, InvalidValue> {
+    match pb::Protocol::try_from(raw) {
+        Ok(pb::Protocol::Detect) => Ok(AppProtocol::Detect),
+        Ok(pb::Protocol::Http1) => Ok(AppProtocol::Http1),
+        Ok(pb::Protocol::Http2) => Ok(AppProtocol::Http2),
+        Ok(pb::Protocol::Grpc) => Ok(AppProtocol::Grpc),
+        Ok(pb::Protocol::Opaque) => Ok(AppProtocol::Opaque),
+        Err(_) => Err(InvalidValue::new(field, format!("unknown protocol {raw}"))),
+    }
+}
+
+pub fn protocol_to_proto(p: AppProtocol) -> pb::Protocol {
+    match p {
+        AppProtocol::Detect => pb::Protocol::Detect,
+        AppProtocol::Http1 => pb::Protocol::Http1,
+        AppProtocol::Http2 => pb::Protocol::Http2,
+        AppProtocol::Grpc => pb::Protocol::Grpc,
+        AppProtocol::Opaque => pb::Protocol::Opaque,
+    }
+}
+
 impl TryFrom<&pb::Endpoint> for Endpoint {
     type Error = InvalidValue;
 
@@ -84,6 +107,7 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
                 },
             },
         };
+        let protocol = protocol_from_proto(e.protocol, "protocol")?;
         Ok(Endpoint {
             addr,
             weight: e.weight.max(1),
@@ -95,6 +119,7 @@ impl TryFrom<&pb::Endpoint> for Endpoint {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            protocol,
         })
     }
 }
@@ -130,6 +155,7 @@ impl From<&Endpoint> for pb::Endpoint {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            protocol: protocol_to_proto(e.protocol) as i32,
         }
     }
 }
@@ -586,6 +612,25 @@ mod tests {
         assert_eq!(err.field, "endpoints[0].address.ip");
         let e = pb::Endpoint::default();
         assert_eq!(Endpoint::try_from(&e).unwrap_err().field, "address");
+        let e = pb::Endpoint {
+            address: Some(addr_to_proto(SocketAddr::from(([10, 0, 0, 1], 80)))),
+            protocol: 99,
+            ..Default::default()
+        };
+        let err = endpoints_from_proto(&[e]).unwrap_err();
+        assert_eq!(err.field, "endpoints[0].protocol");
+    }
+
+    #[test]
+    fn absent_protocol_is_detect() {
+        let e = pb::Endpoint {
+            address: Some(addr_to_proto(SocketAddr::from(([10, 0, 0, 1], 80)))),
+            ..Default::default()
+        };
+        assert_eq!(
+            Endpoint::try_from(&e).unwrap().protocol,
+            AppProtocol::Detect
+        );
     }
 
     #[test]
@@ -735,9 +780,16 @@ policy:
         }
 
         #[test]
-        fn endpoint_round_trips(a in any::<[u8; 4]>(), port in 1u16.., weight in 1u32..1000, meshed in any::<Option<u16>>()) {
+        fn endpoint_round_trips(a in any::<[u8; 4]>(), port in 1u16.., weight in 1u32..1000, meshed in any::<Option<u16>>(), protocol in 0usize..5) {
             let mut e = Endpoint::new(SocketAddr::from((a, port)));
             e.weight = weight;
+            e.protocol = [
+                AppProtocol::Detect,
+                AppProtocol::Http1,
+                AppProtocol::Http2,
+                AppProtocol::Grpc,
+                AppProtocol::Opaque,
+            ][protocol];
             if let Some(p) = meshed {
                 e.hint = ProtocolHint::MeshedH2 { inbound_port: (p != 0).then_some(p) };
             }

@@ -22,6 +22,29 @@ pub enum ProtocolHint {
     Opaque,
 }
 
+/// The application protocol a port declares (a `Server`, or a Service port's
+/// `appProtocol`). Both proxies act on it: a declared protocol skips detection.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AppProtocol {
+    /// Nothing declared: detect the protocol from the first bytes.
+    #[default]
+    Detect,
+    Http1,
+    Http2,
+    Grpc,
+    /// Opaque TCP, forwarded without detection (server-speaks-first protocols).
+    Opaque,
+}
+
+impl AppProtocol {
+    pub fn is_detect(&self) -> bool {
+        *self == AppProtocol::Detect
+    }
+}
+
 /// One address of a service.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +60,9 @@ pub struct Endpoint {
     pub hint: ProtocolHint,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// What the endpoint's port declares; `Opaque` means forward as TCP without detection.
+    #[serde(default, skip_serializing_if = "AppProtocol::is_detect")]
+    pub protocol: AppProtocol,
 }
 
 fn default_weight() -> u32 {
@@ -53,6 +79,7 @@ impl Endpoint {
             identity: None,
             hint: ProtocolHint::Unknown,
             labels: BTreeMap::new(),
+            protocol: AppProtocol::Detect,
         }
     }
 

@@ -14,7 +14,7 @@ pub mod policy;
 pub mod route;
 
 pub use authority::Authority;
-pub use endpoint::{Endpoint, ProtocolHint};
+pub use endpoint::{AppProtocol, Endpoint, ProtocolHint};
 pub use error::InvalidValue;
 pub use identity::Identity;
 pub use policy::{BackendPolicy, BalancerKind, CircuitBreaker, RetryBudget, RetryOn, RetryPolicy};
