@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin, LogControl};
-use crate::client::Client;
+use crate::client::{Client, ClientSettings};
 use crate::config::{Config, DiscoverySource};
 use crate::destination::{Destinations, Resolve};
 use crate::discovery::controller::ControllerResolver;
@@ -19,9 +19,10 @@ use crate::discovery::inbound_policy::InboundPolicies;
 use crate::discovery::static_file::StaticResolver;
 use crate::discovery::PassThrough;
 use crate::inbound::Inbound;
+use crate::loops::SelfAddrs;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::Outbound;
-use crate::serve::{accept_loop, Ctx};
+use crate::serve::{accept_loop, Ctx, ListenerLimits};
 
 /// A running proxy.
 pub struct Running {
@@ -73,18 +74,17 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
             let r = ControllerResolver::new(uri.clone(), cfg.workload.clone(), metrics.clone())?;
             inbound_policy = InboundPolicies::from_controller(r.channel(), cfg.workload.clone());
             let probe = r.clone();
-            (r, Arc::new(move || probe.connected()))
+            let policies = inbound_policy.clone();
+            // Ready once the controller answered and the inbound ports' policy is known.
+            (r, Arc::new(move || probe.connected() && policies.loaded()))
         }
     };
+    if matches!(cfg.discovery, DiscoverySource::None) {
+        tracing::warn!(
+            "no discovery source (neither MESH_PROXY_CONTROLLER_ADDR nor MESH_PROXY_STATIC_CONFIG is set): every request is passed through to the address it names"
+        );
+    }
     let dests = Arc::new(Destinations::new(resolver, metrics.clone()));
-    let client = Arc::new(Client::new(cfg.connect_timeout, cfg.http_idle_timeout));
-    let outbound = Arc::new(Outbound::new(
-        dests.clone(),
-        client.clone(),
-        metrics.clone(),
-        cfg.discovery_timeout,
-    ));
-    let inbound = Arc::new(Inbound::new(client, metrics.clone(), cfg.inbound_forward));
 
     let out_l = bind(cfg.outbound_addr, "outbound", "MESH_PROXY_OUTBOUND_ADDR").await?;
     let in_l = bind(cfg.inbound_addr, "inbound", "MESH_PROXY_INBOUND_ADDR").await?;
@@ -93,9 +93,45 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
     let inbound_addr = in_l.local_addr()?;
     let admin_addr = admin_l.local_addr()?;
 
+    // Never connect back into ourselves: the outbound side may reach only the inbound
+    // listener (a workload calling itself), the inbound side none.
+    let own = SelfAddrs::new(vec![outbound_addr, inbound_addr, admin_addr]);
+    own.refresh_in_background();
+    let settings = ClientSettings {
+        connect_timeout: cfg.connect_timeout,
+        idle_timeout: cfg.http_idle_timeout,
+        h2: cfg.h2,
+        max_connections_per_endpoint: cfg.max_connections_per_endpoint,
+    };
+    let out_client = Arc::new(Client::new(
+        &settings,
+        own.guard(&[1]),
+        metrics.clone(),
+        Direction::Outbound,
+    ));
+    let in_client = Arc::new(Client::new(
+        &settings,
+        own.guard(&[]),
+        metrics.clone(),
+        Direction::Inbound,
+    ));
+    let outbound = Arc::new(Outbound::new(
+        dests.clone(),
+        out_client,
+        metrics.clone(),
+        cfg.discovery_timeout,
+    ));
+    let inbound = Arc::new(Inbound::new(
+        in_client,
+        metrics.clone(),
+        cfg.inbound_forward,
+    ));
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grace = cfg.shutdown_grace;
+    let limits = ListenerLimits::new(&cfg);
     let ctx = Arc::new(Ctx {
+        limits,
         cfg,
         metrics: metrics.clone(),
         outbound,

@@ -130,6 +130,13 @@ impl EndpointHandle {
         matches!(self.endpoint.hint, ProtocolHint::MeshedH2 { .. })
     }
 
+    /// Whether connections to this endpoint are opaque TCP: its hint says so, or its port
+    /// declares the opaque protocol.
+    pub fn is_opaque(&self) -> bool {
+        matches!(self.endpoint.hint, ProtocolHint::Opaque)
+            || self.endpoint.protocol == mesh_core::AppProtocol::Opaque
+    }
+
     fn cost(&self, now: Instant) -> f64 {
         let rtt = self.ewma.lock().map(|e| e.decayed(now)).unwrap_or(f64::MAX);
         let pending = self.in_flight.load(Ordering::Relaxed) as f64;

@@ -8,9 +8,16 @@
 //!
 //! HTTP/2 (to another mesh proxy, or when the app spoke HTTP/2): one multiplexed connection
 //! per endpoint. The request's `:authority` stays the service's, not the endpoint address.
+//! Flow-control windows are fixed (no adaptive window: its BDP probe is a PING on every
+//! exchange). Keep-alive PINGs follow [`H2Settings`]: between proxies as configured; to
+//! applications only when configured, and never without an open stream unless configured,
+//! as gRPC servers require (they close connections that ping more often than they permit).
+//!
+//! Every connection is checked against the proxy's own listeners ([`LoopGuard`]) and counts
+//! towards its endpoint's connection limit ([`EndpointSlots`]) while it is open.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -20,7 +27,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
+use crate::config::H2Settings;
 use crate::error::ProxyError;
+use crate::limits::{EndpointSlot, EndpointSlots};
+use crate::loops::LoopGuard;
+use crate::metrics::{Direction, Metrics};
 
 /// A failed send. `request` is given back when it never left the proxy (the connection
 /// could not be made), so it can be sent to another endpoint.
@@ -42,9 +53,31 @@ impl From<ProxyError> for SendError {
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// Connection settings shared by all endpoints.
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub h2: H2Settings,
+    pub max_connections_per_endpoint: usize,
+}
+
+/// Who is at the other end of an HTTP/2 connection: keep-alive differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Another mesh proxy.
+    Proxy,
+    /// An application (the local app, or a server outside the mesh).
+    App,
+}
+
+/// Opens and pools the connections of one side of the proxy (outbound or inbound).
 pub struct Client {
     connect_timeout: Duration,
     idle_timeout: Duration,
+    h2: H2Settings,
+    guard: LoopGuard,
+    slots: EndpointSlots,
+    metrics: Arc<Metrics>,
+    direction: Direction,
 }
 
 /// The connections of one endpoint.
@@ -55,14 +88,40 @@ pub struct Conns {
 }
 
 impl Client {
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        settings: &ClientSettings,
+        guard: LoopGuard,
+        metrics: Arc<Metrics>,
+        direction: Direction,
+    ) -> Self {
         Self {
-            connect_timeout,
-            idle_timeout,
+            connect_timeout: settings.connect_timeout,
+            idle_timeout: settings.idle_timeout,
+            h2: settings.h2,
+            guard,
+            slots: EndpointSlots::new(settings.max_connections_per_endpoint),
+            metrics,
+            direction,
         }
     }
 
-    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    /// Opens a TCP connection to `addr`, unless it is one of the proxy's own listeners or the
+    /// endpoint's connection limit is reached. The slot must live as long as the connection.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(TcpStream, EndpointSlot), ProxyError> {
+        if let Err(e) = self.guard.check(addr) {
+            self.metrics.refused(self.direction, "loop");
+            return Err(e);
+        }
+        let slot = match self.slots.take(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                self.metrics.refused(self.direction, "endpoint_limit");
+                return Err(e);
+            }
+        };
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ProxyError::Connect {
@@ -75,19 +134,19 @@ impl Client {
             })?;
         // Requests and responses are small writes that must leave at once.
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Ok((stream, slot))
     }
 
     async fn connect_h1(
         &self,
         addr: SocketAddr,
     ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-        let stream = self.connect(addr).await?;
+        let (stream, slot) = self.connect(addr).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| handshake_failed(addr, e))?;
-        drive(addr, conn);
+        drive(addr, conn, slot);
         Ok(sender)
     }
 
@@ -172,6 +231,7 @@ impl Client {
         &self,
         conns: &Conns,
         addr: SocketAddr,
+        peer: Peer,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let existing = conns
@@ -182,7 +242,7 @@ impl Client {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = match self.connect_h2(addr).await {
+                let s = match self.connect_h2(addr, peer).await {
                     Ok(s) => s,
                     Err(error) => {
                         return Err(SendError {
@@ -224,17 +284,19 @@ impl Client {
     async fn connect_h2(
         &self,
         addr: SocketAddr,
+        peer: Peer,
     ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let stream = self.connect(addr).await?;
+        let (stream, slot) = self.connect(addr).await?;
+        let (interval, while_idle) = self.h2.keepalive(peer);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .adaptive_window(true)
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(self.h2.keepalive_timeout)
+            .keep_alive_while_idle(while_idle)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| handshake_failed(addr, e))?;
-        drive(addr, conn);
+        drive(addr, conn, slot);
         Ok(sender)
     }
 }
@@ -246,12 +308,14 @@ fn handshake_failed(addr: SocketAddr, e: hyper::Error) -> ProxyError {
     }
 }
 
-/// Runs a client connection's IO in its own task until it closes.
-fn drive<C>(addr: SocketAddr, conn: C)
+/// Runs a client connection's IO in its own task until it closes; its endpoint slot is
+/// freed then.
+fn drive<C>(addr: SocketAddr, conn: C, slot: EndpointSlot)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = conn.await {
             tracing::debug!(%addr, error = %e, "connection to endpoint closed");
         }

@@ -68,6 +68,67 @@ pub struct RawConfig {
     /// Log format: plain or json.
     #[arg(long, env = "MESH_PROXY_LOG_FORMAT", default_value = "plain")]
     pub log_format: Option<String>,
+    /// How long a client may take to send a request's headers: from accepting the connection
+    /// to its first complete request head. Slower connections are closed.
+    #[arg(long, env = "MESH_PROXY_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: Option<String>,
+    /// Most connections per listener that have not yet sent a complete first request head
+    /// (or been found opaque); more are closed at once.
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_PENDING_CONNECTIONS",
+        default_value = "1000"
+    )]
+    pub max_pending_connections: Option<String>,
+    /// Most open connections on the outbound listener; more are closed at once.
+    #[arg(
+        long,
+        env = "MESH_PROXY_OUTBOUND_MAX_CONNECTIONS",
+        default_value = "10000"
+    )]
+    pub outbound_max_connections: Option<String>,
+    /// Most open connections on the inbound listener; more are closed at once.
+    #[arg(
+        long,
+        env = "MESH_PROXY_INBOUND_MAX_CONNECTIONS",
+        default_value = "10000"
+    )]
+    pub inbound_max_connections: Option<String>,
+    /// Most connections the proxy opens to one endpoint address (pooled HTTP/1, HTTP/2,
+    /// upgrades and opaque TCP together); a request that would need another one gets 503.
+    #[arg(
+        long,
+        env = "MESH_PROXY_MAX_CONNECTIONS_PER_ENDPOINT",
+        default_value = "1000"
+    )]
+    pub max_connections_per_endpoint: Option<String>,
+    /// HTTP/2 keep-alive PING interval on connections between mesh proxies (both ends are
+    /// ours), or `off`.
+    #[arg(long, env = "MESH_PROXY_H2_KEEPALIVE_INTERVAL", default_value = "20s")]
+    pub h2_keepalive_interval: Option<String>,
+    /// How long a keep-alive PING may wait for its acknowledgement before the connection is
+    /// closed.
+    #[arg(long, env = "MESH_PROXY_H2_KEEPALIVE_TIMEOUT", default_value = "10s")]
+    pub h2_keepalive_timeout: Option<String>,
+    /// HTTP/2 keep-alive PING interval on connections with applications (the local app's
+    /// connections to the outbound listener, the proxy's connections to the app and to
+    /// endpoints outside the mesh), or `off`. gRPC servers allow one PING every 5 minutes by
+    /// default and close connections that send more; set this only as slow as your servers
+    /// permit.
+    #[arg(
+        long,
+        env = "MESH_PROXY_APP_H2_KEEPALIVE_INTERVAL",
+        default_value = "off"
+    )]
+    pub app_h2_keepalive_interval: Option<String>,
+    /// Also send keep-alive PINGs to applications when no stream is open (gRPC's
+    /// `permit_without_calls`, which servers refuse by default).
+    #[arg(
+        long,
+        env = "MESH_PROXY_APP_H2_KEEPALIVE_WHILE_IDLE",
+        default_value = "false"
+    )]
+    pub app_h2_keepalive_while_idle: Option<String>,
     /// Runtime worker threads: `auto` (the CPUs this process may run on) or a number. With
     /// one, the proxy runs a single-threaded runtime (no work-stealing overhead).
     #[arg(long, env = "MESH_PROXY_WORKER_THREADS", default_value = "auto")]
@@ -107,6 +168,44 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub worker_threads: usize,
+    pub header_read_timeout: Duration,
+    pub max_pending_connections: usize,
+    pub outbound_max_connections: usize,
+    pub inbound_max_connections: usize,
+    pub max_connections_per_endpoint: usize,
+    pub h2: H2Settings,
+}
+
+/// HTTP/2 keep-alive, per kind of peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct H2Settings {
+    /// Between mesh proxies.
+    pub proxy_keepalive: Option<Duration>,
+    /// With applications: off unless configured.
+    pub app_keepalive: Option<Duration>,
+    pub app_keepalive_while_idle: bool,
+    pub keepalive_timeout: Duration,
+}
+
+impl H2Settings {
+    /// Keep-alive interval and whether to ping without open streams, towards `peer`.
+    pub fn keepalive(&self, peer: crate::client::Peer) -> (Option<Duration>, bool) {
+        match peer {
+            crate::client::Peer::Proxy => (self.proxy_keepalive, true),
+            crate::client::Peer::App => (self.app_keepalive, self.app_keepalive_while_idle),
+        }
+    }
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        Self {
+            proxy_keepalive: Some(Duration::from_secs(20)),
+            app_keepalive: None,
+            app_keepalive_while_idle: false,
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Every problem found in the configuration.
@@ -152,6 +251,44 @@ impl Checker {
                 self.errors.push(format!(
                     "{name}='{v}' is not a duration ({e}); write e.g. 200ms, 3s, 1h"
                 ));
+                None
+            }
+        }
+    }
+
+    /// A duration, or `off` for none.
+    fn optional_duration(
+        &mut self,
+        name: &str,
+        v: &Option<String>,
+        max: Duration,
+    ) -> Option<Option<Duration>> {
+        match v.as_deref().map(str::trim) {
+            None => None,
+            Some("off") => Some(None),
+            Some(_) => self.duration(name, v, max).map(Some),
+        }
+    }
+
+    fn count(&mut self, name: &str, v: &Option<String>, max: usize) -> Option<usize> {
+        let v = v.as_deref()?.trim();
+        match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Some(n),
+            _ => {
+                self.errors
+                    .push(format!("{name}='{v}' must be a number from 1 to {max}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, name: &str, v: &Option<String>) -> Option<bool> {
+        match v.as_deref()?.trim() {
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                self.errors
+                    .push(format!("{name}='{other}' must be true or false"));
                 None
             }
         }
@@ -290,6 +427,55 @@ impl Config {
                 }
             },
         };
+        let header_read_timeout = c.duration(
+            "MESH_PROXY_HEADER_READ_TIMEOUT",
+            &raw.header_read_timeout,
+            hour,
+        );
+        let max_pending_connections = c.count(
+            "MESH_PROXY_MAX_PENDING_CONNECTIONS",
+            &raw.max_pending_connections,
+            1 << 20,
+        );
+        let outbound_max_connections = c.count(
+            "MESH_PROXY_OUTBOUND_MAX_CONNECTIONS",
+            &raw.outbound_max_connections,
+            1 << 20,
+        );
+        let inbound_max_connections = c.count(
+            "MESH_PROXY_INBOUND_MAX_CONNECTIONS",
+            &raw.inbound_max_connections,
+            1 << 20,
+        );
+        let max_connections_per_endpoint = c.count(
+            "MESH_PROXY_MAX_CONNECTIONS_PER_ENDPOINT",
+            &raw.max_connections_per_endpoint,
+            1 << 20,
+        );
+        let h2_default = H2Settings::default();
+        let proxy_keepalive = c.optional_duration(
+            "MESH_PROXY_H2_KEEPALIVE_INTERVAL",
+            &raw.h2_keepalive_interval,
+            hour,
+        );
+        let keepalive_timeout = c.duration(
+            "MESH_PROXY_H2_KEEPALIVE_TIMEOUT",
+            &raw.h2_keepalive_timeout,
+            hour,
+        );
+        let app_keepalive = c.optional_duration(
+            "MESH_PROXY_APP_H2_KEEPALIVE_INTERVAL",
+            &raw.app_h2_keepalive_interval,
+            24 * hour,
+        );
+        let app_keepalive_while_idle = c.boolean(
+            "MESH_PROXY_APP_H2_KEEPALIVE_WHILE_IDLE",
+            &raw.app_h2_keepalive_while_idle,
+        );
+        let workload = raw.workload.as_deref().unwrap_or("").trim().to_string();
+        if let Err(e) = check_workload(&workload) {
+            c.errors.push(e);
+        }
         let listeners = [
             ("outbound", outbound_addr),
             ("inbound", inbound_addr),
@@ -325,7 +511,7 @@ impl Config {
             admin_addr,
             inbound_forward,
             discovery,
-            workload: raw.workload.clone().unwrap_or_default(),
+            workload,
             opaque_ports,
             detect_timeout: or(detect_timeout, Duration::from_millis(200)),
             connect_timeout: or(connect_timeout, Duration::from_secs(1)),
@@ -336,7 +522,51 @@ impl Config {
             log,
             log_format,
             worker_threads,
+            header_read_timeout: or(header_read_timeout, Duration::from_secs(10)),
+            max_pending_connections: max_pending_connections.unwrap_or(1000),
+            outbound_max_connections: outbound_max_connections.unwrap_or(10_000),
+            inbound_max_connections: inbound_max_connections.unwrap_or(10_000),
+            max_connections_per_endpoint: max_connections_per_endpoint.unwrap_or(1000),
+            h2: H2Settings {
+                proxy_keepalive: proxy_keepalive.unwrap_or(h2_default.proxy_keepalive),
+                app_keepalive: app_keepalive.unwrap_or(h2_default.app_keepalive),
+                app_keepalive_while_idle: app_keepalive_while_idle
+                    .unwrap_or(h2_default.app_keepalive_while_idle),
+                keepalive_timeout: or(keepalive_timeout, h2_default.keepalive_timeout),
+            },
         })
+    }
+}
+
+/// Checks the workload name the proxy sends to the controller: empty, or
+/// `ns:<namespace>/pod:<name>` or `ns:<namespace>/workload:<name>`.
+fn check_workload(w: &str) -> Result<(), String> {
+    if w.is_empty() {
+        return Ok(());
+    }
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    let ok = match w.split_once('/') {
+        Some((ns, who)) => {
+            let ns_ok = ns.strip_prefix("ns:").is_some_and(label);
+            let who_ok = who
+                .strip_prefix("pod:")
+                .or_else(|| who.strip_prefix("workload:"))
+                .is_some_and(label);
+            ns_ok && who_ok
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "MESH_PROXY_WORKLOAD='{w}' is not of the form ns:<namespace>/pod:<name> or ns:<namespace>/workload:<name> (lower-case names, e.g. ns:default/pod:web-1)"
+        ))
     }
 }
 
@@ -384,6 +614,52 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in {text}");
         }
+    }
+
+    #[test]
+    fn workload_names_are_checked() {
+        for good in ["", "ns:demo/workload:client", "ns:default/pod:web-1.x"] {
+            assert!(check_workload(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "client",
+            "ns:demo",
+            "demo/workload:a",
+            "ns:demo/pod:",
+            "ns:Demo/pod:a",
+            "ns:a/svc:b",
+        ] {
+            let raw = RawConfig {
+                workload: Some(bad.into()),
+                ..base()
+            };
+            let errs = Config::from_raw(&raw).unwrap_err().0;
+            assert!(errs[0].contains("MESH_PROXY_WORKLOAD"), "{bad}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn keepalive_settings() {
+        let c = Config::from_raw(&base()).unwrap();
+        assert_eq!(c.h2, H2Settings::default());
+        assert_eq!(c.h2.app_keepalive, None);
+        let raw = RawConfig {
+            h2_keepalive_interval: Some("off".into()),
+            app_h2_keepalive_interval: Some("5m".into()),
+            app_h2_keepalive_while_idle: Some("true".into()),
+            ..base()
+        };
+        let c = Config::from_raw(&raw).unwrap();
+        assert_eq!(c.h2.proxy_keepalive, None);
+        assert_eq!(c.h2.app_keepalive, Some(Duration::from_secs(300)));
+        assert!(c.h2.app_keepalive_while_idle);
+        let raw = RawConfig {
+            app_h2_keepalive_while_idle: Some("yes".into()),
+            max_connections_per_endpoint: Some("0".into()),
+            ..base()
+        };
+        let errs = Config::from_raw(&raw).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("no destination: the request names no host and was not redirected")]
     NoDestination,
+    #[error("loop detected: {0}")]
+    Loop(crate::loops::LoopKind),
+    #[error("connection limit reached: {open} connections to {addr} are open (MESH_PROXY_MAX_CONNECTIONS_PER_ENDPOINT)")]
+    EndpointLimit { addr: SocketAddr, open: usize },
 }
 
 impl ProxyError {
@@ -45,6 +49,8 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::BadRequest(_) | ProxyError::NoDestination => StatusCode::BAD_REQUEST,
+            ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
+            ProxyError::EndpointLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 
 use crate::balance::EndpointHandle;
 use crate::body::{GrpcBody, ProxyBody};
-use crate::client::{Client, SendError};
+use crate::client::{Client, Peer, SendError};
 use crate::destination::Destination;
 use crate::error::ProxyError;
 
@@ -177,6 +177,44 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// Refuses, with 400, a request with more than one Host header, a Host header that names
+/// another authority than the request target, or (HTTP/1.1) no Host at all (RFC 9112 §3.2,
+/// RFC 9113 §8.3.1): the proxy routes by the authority, so an ambiguous one is never guessed.
+pub fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "more than one Host header (RFC 9112 section 3.2); send exactly one",
+        ));
+    }
+    match (req.uri().authority(), host) {
+        (Some(target), Some(host)) if !same_authority(req.uri(), target, host.as_bytes()) => {
+            Err(ProxyError::BadRequest(
+                "the Host header names another authority than the request target; send one authority",
+            ))
+        }
+        (None, None) if req.version() == Version::HTTP_11 => Err(ProxyError::BadRequest(
+            "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `target` and `host` name the same authority: equal ignoring case, and a port that is the
+/// scheme's default may be left out on either side.
+fn same_authority(uri: &Uri, target: &Authority, host: &[u8]) -> bool {
+    let default: &[u8] = if uri.scheme() == Some(&Scheme::HTTPS) {
+        b":443"
+    } else {
+        b":80"
+    };
+    let t = target.as_str().as_bytes();
+    let t = t.strip_suffix(default).unwrap_or(t);
+    let h = host.strip_suffix(default).unwrap_or(host);
+    t.eq_ignore_ascii_case(h)
+}
+
 /// Sends `req` to `ep`, over HTTP/2 when the endpoint is meshed or the request is HTTP/2,
 /// else over the pooled HTTP/1 client.
 pub async fn send(
@@ -184,7 +222,8 @@ pub async fn send(
     ep: &EndpointHandle,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, SendError> {
-    if ep.is_meshed() || req.version() == Version::HTTP_2 {
+    let meshed = ep.is_meshed();
+    if meshed || req.version() == Version::HTTP_2 {
         if req.version() != Version::HTTP_2 {
             req.headers_mut().insert(ORIG_PROTO, HTTP_11);
             *req.version_mut() = Version::HTTP_2;
@@ -199,7 +238,8 @@ pub async fn send(
             set_uri(&mut req, authority)?;
         }
         req.headers_mut().remove(HOST);
-        client.send_h2(&ep.conns, ep.connect_addr, req).await
+        let peer = if meshed { Peer::Proxy } else { Peer::App };
+        client.send_h2(&ep.conns, ep.connect_addr, peer, req).await
     } else {
         if !req.headers().contains_key(HOST) {
             if let Some(a) = req.uri().authority() {
@@ -298,7 +338,7 @@ pub async fn upgrade(
     parts.headers.insert(UPGRADE, protocol);
     to_origin_form(&mut parts.uri);
     let req = Request::from_parts(parts, ProxyBody::Incoming(body));
-    let stream = client.connect(addr).await?;
+    let (stream, slot) = client.connect(addr).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -319,6 +359,7 @@ pub async fn upgrade(
     if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         let server_upgrade = hyper::upgrade::on(&mut rsp);
         tokio::spawn(async move {
+            let _slot = slot;
             match (client_upgrade.await, server_upgrade.await) {
                 (Ok(c), Ok(s)) => {
                     let mut c = hyper_util::rt::TokioIo::new(c);
@@ -342,6 +383,31 @@ pub async fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_must_be_single_and_agree_with_the_target() {
+        let v11 = Version::HTTP_11;
+        assert!(check_host(&req(v11, "/", &["web:8080"])).is_ok());
+        assert!(check_host(&req(v11, "/", &["web:8080", "web:8080"])).is_err());
+        assert!(check_host(&req(v11, "/", &["a", "b"])).is_err());
+        assert!(check_host(&req(v11, "/", &[])).is_err());
+        assert!(check_host(&req(Version::HTTP_10, "/", &[])).is_ok());
+        assert!(check_host(&req(v11, "http://web:8080/x", &["web:8080"])).is_ok());
+        assert!(check_host(&req(v11, "http://Web/x", &["web:80"])).is_ok());
+        assert!(check_host(&req(v11, "http://web:80/x", &["WEB"])).is_ok());
+        assert!(check_host(&req(v11, "http://web:8080/x", &[])).is_ok());
+        assert!(check_host(&req(v11, "http://web:8080/x", &["other:8080"])).is_err());
+        assert!(check_host(&req(Version::HTTP_2, "http://web:8080/x", &["evil"])).is_err());
+        assert!(check_host(&req(Version::HTTP_2, "http://web:8080/x", &[])).is_ok());
+    }
 
     fn rsp(status: u16, headers: &[(&str, &str)]) -> Response<()> {
         let mut b = Response::builder().status(status);

@@ -17,6 +17,7 @@ use crate::body::ProxyBody;
 use crate::client::Client;
 use crate::error::ProxyError;
 use crate::forward::{self, ORIG_PROTO};
+use crate::loops::HOPS;
 use crate::metrics::{Direction, Metrics, Str};
 use crate::outbound::record;
 
@@ -39,6 +40,11 @@ impl Inbound {
             route: Str::from("inbound"),
             unknown: Str::from("unknown"),
         }
+    }
+
+    /// The client that connects to the app.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Where a connection's traffic goes: the app's port on localhost.
@@ -83,7 +89,10 @@ impl Inbound {
             );
         };
         let (ep, label) = self.endpoint(target);
-        let rsp = self.forward(req, target, &ep).await;
+        let rsp = match forward::check_host(&req) {
+            Ok(()) => self.forward(req, target, &ep).await,
+            Err(e) => e.into_response(),
+        };
         record(
             &self.metrics,
             Direction::Inbound,
@@ -109,6 +118,8 @@ impl Inbound {
         }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
+        // The loop marker is between proxies; the app never sees it.
+        parts.headers.remove(HOPS);
         if parts.headers.remove(ORIG_PROTO).is_some() {
             // Back to HTTP/1 for the app; the authority travels in the Host header.
             parts.version = Version::HTTP_11;

@@ -18,6 +18,8 @@ pub mod forward;
 pub mod headers;
 pub mod inbound;
 pub mod init;
+pub mod limits;
+pub mod loops;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

@@ -84,9 +84,15 @@ fn init_logging(cfg: &Config) -> LogControl {
     let filter = EnvFilter::try_new(&cfg.log).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    // Colour only for a person at a terminal, not in files or log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     match cfg.log_format {
         LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(ansi),
+            )
             .init(),
         LogFormat::Json => registry
             .with(tracing_subscriber::fmt::layer().json())

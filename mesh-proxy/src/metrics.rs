@@ -87,6 +87,13 @@ pub struct ConnLabels {
     pub protocol: &'static str,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub direction: Direction,
+    /// `listener_limit`, `pending_limit`, `header_read_timeout`, `endpoint_limit` or `loop`.
+    pub reason: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -106,6 +113,7 @@ pub struct Metrics {
     pub discovery_updates: Counter,
     pub discovery_errors: Counter,
     pub endpoint_ejections: Family<AuthorityLabels, Counter>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -181,6 +189,12 @@ impl Metrics {
             "Endpoints ejected from load balancing by the circuit breaker",
             endpoint_ejections.clone(),
         );
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections and requests refused by a limit or as a loop, by direction and reason",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -194,7 +208,15 @@ impl Metrics {
             discovery_updates,
             discovery_errors,
             endpoint_ejections,
+            connections_refused,
         }
+    }
+
+    /// Counts one refusal.
+    pub fn refused(&self, direction: Direction, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
     }
 
     /// Prometheus text exposition of every metric.

@@ -23,6 +23,7 @@ use crate::client::Client;
 use crate::destination::{Destination, Destinations, Resolution};
 use crate::error::ProxyError;
 use crate::forward::{self, Forward};
+use crate::loops::HopMarker;
 use crate::metrics::{Class, Direction, Metrics, RequestLabels, RouteLabels, Str};
 use crate::retry::{self, RetryLayer};
 use crate::timeout::TimeoutLayer;
@@ -33,6 +34,7 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
     pub discovery_timeout: Duration,
     passthrough: Mutex<HashMap<SocketAddr, Arc<EndpointHandle>>>,
+    hops: HopMarker,
     default_route: Str,
     passthrough_route: Str,
     unknown: Str,
@@ -57,6 +59,7 @@ impl Outbound {
             metrics,
             discovery_timeout,
             passthrough: Mutex::new(HashMap::new()),
+            hops: HopMarker::random(),
             default_route: Str::from("default"),
             passthrough_route: Str::from("passthrough"),
             unknown: Str::from("unknown"),
@@ -98,6 +101,11 @@ impl Outbound {
         orig_dst: Option<SocketAddr>,
         routed: &mut Option<Routed>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        forward::check_host(&req)?;
+        if let Err(e) = self.hops.check_and_mark(req.headers_mut()) {
+            self.metrics.refused(Direction::Outbound, "loop");
+            return Err(e);
+        }
         let default_port = orig_dst.map_or(80, |a| a.port());
         let host_dest =
             match forward::request_authority(&req) {

@@ -3,10 +3,20 @@
 //! it as HTTP/1, HTTP/2 or opaque TCP. On shutdown, listeners stop accepting and open HTTP
 //! connections are asked to finish (HTTP/1 closes after the current response, HTTP/2 sends
 //! GOAWAY).
+//!
+//! Limits ([`crate::limits`]): a listener closes new connections at once past its connection
+//! limit or past its limit of connections still waiting for a first request head; a
+//! connection must deliver its first complete request head within the header read timeout
+//! (from accept), or it is closed. Later requests on a keep-alive connection are bounded by
+//! the idle timeout (hyper's header timer also counts the idle time between requests).
+//! HTTP/2 keep-alive: the outbound listener's clients are the local app ([`Peer::App`]),
+//! the inbound listener's are mostly other proxies ([`Peer::Proxy`]).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +24,16 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
 use crate::body::ProxyBody;
+use crate::client::Peer;
 use crate::config::Config;
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::discovery::inbound_policy::InboundPolicies;
 use crate::inbound::Inbound;
+use crate::limits::Slots;
 use crate::metrics::{ConnLabels, Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::tcp;
@@ -31,8 +44,59 @@ pub struct Ctx {
     pub metrics: Arc<Metrics>,
     pub outbound: Arc<Outbound>,
     pub inbound: Arc<Inbound>,
-    pub inbound_policy: InboundPolicies,
+    pub inbound_policy: Arc<InboundPolicies>,
     pub shutdown: watch::Receiver<bool>,
+    pub limits: ListenerLimits,
+}
+
+/// Per listener: open connections, and connections without a first request head yet.
+pub struct ListenerLimits {
+    pub outbound: Slots,
+    pub outbound_pending: Slots,
+    pub inbound: Slots,
+    pub inbound_pending: Slots,
+}
+
+impl ListenerLimits {
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            outbound: Slots::new(cfg.outbound_max_connections),
+            outbound_pending: Slots::new(cfg.max_pending_connections),
+            inbound: Slots::new(cfg.inbound_max_connections),
+            inbound_pending: Slots::new(cfg.max_pending_connections),
+        }
+    }
+
+    fn of(&self, direction: Direction) -> (&Slots, &Slots) {
+        match direction {
+            Direction::Outbound => (&self.outbound, &self.outbound_pending),
+            Direction::Inbound => (&self.inbound, &self.inbound_pending),
+        }
+    }
+}
+
+/// The permits a connection holds: its place on the listener, and (until its first request
+/// head, or until it is found opaque) its place among the pending ones.
+struct Permits {
+    _open: OwnedSemaphorePermit,
+    pending: Option<OwnedSemaphorePermit>,
+    /// When the first request head must have arrived.
+    head_deadline: Instant,
+}
+
+/// Told by the first request of a connection that its head arrived.
+#[derive(Default)]
+struct FirstHead {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl FirstHead {
+    fn arrived(&self) {
+        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
 }
 
 /// Counts live connection tasks, so shutdown can wait for them to drain.
@@ -52,11 +116,28 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let head_deadline = Instant::now() + ctx.cfg.header_read_timeout;
+                let (open, pending) = ctx.limits.of(direction);
+                let Some(open) = open.try_take() else {
+                    ctx.metrics.refused(direction, "listener_limit");
+                    tracing::debug!(%peer, "connection limit reached; closing");
+                    continue;
+                };
+                let Some(pending) = pending.try_take() else {
+                    ctx.metrics.refused(direction, "pending_limit");
+                    tracing::debug!(%peer, "too many connections without a request; closing");
+                    continue;
+                };
+                let permits = Permits {
+                    _open: open,
+                    pending: Some(pending),
+                    head_deadline,
+                };
                 let ctx = ctx.clone();
                 let tracker = tracker.clone();
                 tokio::spawn(async move {
                     let _tracker = tracker;
-                    serve_connection(stream, peer, direction, ctx).await;
+                    serve_connection(stream, peer, direction, ctx, permits).await;
                 });
             }
             Err(e) => {
@@ -73,6 +154,7 @@ async fn serve_connection(
     peer: SocketAddr,
     direction: Direction,
     ctx: Arc<Ctx>,
+    mut permits: Permits,
 ) {
     let _ = stream.set_nodelay(true);
     let orig_dst = crate::orig_dst::original_dst(&stream);
@@ -81,11 +163,19 @@ async fn serve_connection(
         Direction::Inbound => ctx.inbound.target(orig_dst).map(|a| a.port()),
         Direction::Outbound => orig_dst.map(|a| a.port()),
     };
-    let opaque_port = port.is_some_and(|p| {
+    let mut opaque_port = port.is_some_and(|p| {
         ctx.cfg.opaque_ports.binary_search(&p).is_ok()
             || (direction == Direction::Inbound
                 && ctx.inbound_policy.protocol(p) == mesh_proto::v1::Protocol::Opaque)
     });
+    // Outbound, the destination's endpoints may declare their protocol (a Server or the
+    // Service's appProtocol): an opaque one is not detected on this side either.
+    if let (false, Direction::Outbound, Some(orig)) = (opaque_port, direction, orig_dst) {
+        if let Some(dest) = ctx.outbound.tcp_destination(orig).await {
+            let eps = dest.balancer.snapshot();
+            opaque_port = !eps.is_empty() && eps.iter().all(|e| e.is_opaque());
+        }
+    }
     let (protocol, prefix) = if opaque_port {
         (Protocol::Opaque, bytes::BytesMut::new())
     } else {
@@ -106,19 +196,22 @@ async fn serve_connection(
     open.inc();
     tracing::trace!(%peer, ?orig_dst, protocol = protocol.as_str(), "accepted");
     match protocol {
-        Protocol::Opaque => serve_opaque(stream, prefix, orig_dst, direction, &ctx, &labels).await,
+        Protocol::Opaque => {
+            permits.pending = None;
+            serve_opaque(stream, prefix, orig_dst, direction, &ctx, &labels).await
+        }
         Protocol::Http1 | Protocol::Http2 => {
             let io = PrefixedIo::new(prefix, stream);
             match direction {
                 Direction::Outbound => {
                     let outbound = ctx.outbound.clone();
                     let handler = move |req| outbound.clone().handle(req, orig_dst);
-                    serve_http(io, protocol, handler, &ctx).await
+                    serve_http(io, protocol, handler, &ctx, direction, permits).await
                 }
                 Direction::Inbound => {
                     let inbound = ctx.inbound.clone();
                     let handler = move |req| inbound.clone().handle(req, orig_dst);
-                    serve_http(io, protocol, handler, &ctx).await
+                    serve_http(io, protocol, handler, &ctx, direction, permits).await
                 }
             }
         }
@@ -149,14 +242,26 @@ async fn serve_opaque(
         },
     };
     let Some(target) = target else {
-        tracing::debug!("opaque connection with no original destination; closing");
+        tracing::debug!(
+            "opaque connection with no original destination; closing (explicit mode carries only HTTP)"
+        );
         return;
+    };
+    let client = match direction {
+        Direction::Inbound => ctx.inbound.client(),
+        Direction::Outbound => &ctx.outbound.client,
+    };
+    let (server, _slot) = match client.connect(target).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%target, error = %e, "opaque connection refused");
+            return;
+        }
     };
     if let Err(e) = tcp::forward(
         stream,
         prefix,
-        target,
-        ctx.cfg.connect_timeout,
+        server,
         ctx.cfg.tcp_idle_timeout,
         &ctx.metrics,
         labels,
@@ -167,34 +272,45 @@ async fn serve_opaque(
     }
 }
 
-async fn serve_http<H, F>(io: PrefixedIo<TcpStream>, protocol: Protocol, handler: H, ctx: &Ctx)
-where
+async fn serve_http<H, F>(
+    io: PrefixedIo<TcpStream>,
+    protocol: Protocol,
+    handler: H,
+    ctx: &Ctx,
+    direction: Direction,
+    permits: Permits,
+) where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    let first = Arc::new(FirstHead::default());
+    let seen = first.clone();
     let handler = Arc::new(handler);
     let svc = hyper::service::service_fn(move |req| {
+        seen.arrived();
         let fut = handler(req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let io = TokioIo::new(io);
-    let mut shutdown = ctx.shutdown.clone();
     let result = if protocol == Protocol::Http2 {
+        // The outbound listener's clients are the local app; the inbound one's other proxies.
+        let peer = match direction {
+            Direction::Outbound => Peer::App,
+            Direction::Inbound => Peer::Proxy,
+        };
+        let (interval, _) = ctx.cfg.h2.keepalive(peer);
+        // The client proved it speaks HTTP/2 with its preface; a gRPC channel may stay open
+        // without a call for long, so neither the head deadline nor the pending cap applies.
+        let mut permits = permits;
+        permits.pending = None;
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .adaptive_window(true)
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(ctx.cfg.h2.keepalive_timeout)
             .max_concurrent_streams(1024)
             .serve_connection(io, svc);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = signalled(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
+        run(conn, |c| c.graceful_shutdown(), &first, permits, ctx).await
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -203,16 +319,47 @@ where
             .serve_connection(io, svc)
             .with_upgrades();
         tokio::pin!(conn);
+        run(conn, |c| c.graceful_shutdown(), &first, permits, ctx).await
+    };
+    match result {
+        Some(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+        Some(Ok(())) => {}
+        None => {
+            ctx.metrics.refused(direction, "header_read_timeout");
+            tracing::debug!("no request head within the header read timeout; closing");
+        }
+    }
+}
+
+/// Drives a server connection to its end: gracefully on shutdown, and closed (`None`) when
+/// its first request head does not arrive in time.
+async fn run<C>(
+    mut conn: Pin<&mut C>,
+    graceful: impl Fn(Pin<&mut C>),
+    first: &FirstHead,
+    mut permits: Permits,
+    ctx: &Ctx,
+) -> Option<Result<(), hyper::Error>>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut shutdown = ctx.shutdown.clone();
+    let mut shutting_down = false;
+    let deadline = tokio::time::sleep_until(permits.head_deadline);
+    tokio::pin!(deadline);
+    loop {
         tokio::select! {
-            r = conn.as_mut() => r,
-            _ = signalled(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+            biased;
+            r = conn.as_mut() => return Some(r),
+            () = first.notify.notified(), if permits.pending.is_some() => {
+                permits.pending = None;
+            }
+            () = &mut deadline, if permits.pending.is_some() => return None,
+            () = signalled(&mut shutdown), if !shutting_down => {
+                shutting_down = true;
+                graceful(conn.as_mut());
             }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 

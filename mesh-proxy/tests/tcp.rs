@@ -183,24 +183,25 @@ async fn controller_declared_opaque_ports_skip_detection() {
     let controller = start_controller(ctrl);
     let proxy = start_proxy(RawConfig {
         controller_addr: Some(format!("http://{}", controller.addr)),
+        workload: Some("ns:test/workload:banner".into()),
         inbound_forward: Some(server.to_string()),
         detect_timeout: Some("1s".into()),
         ..raw_config()
     })
     .await;
-    // The first connection to the port starts watching its policy (and waits for detection).
-    let first = time_to_banner(proxy.inbound_addr).await;
-    // Later connections use the declared protocol: no wait at all.
+    // /ready waits for the workload's inbound policy...
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let took = time_to_banner(proxy.inbound_addr).await;
-        if took < Duration::from_millis(500) {
-            println!("first connection {first:?}, with the declared policy {took:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the declared opaque protocol was never applied"
-        );
+    while admin_get(proxy.admin_addr, "/ready").await.0 != http::StatusCode::OK {
+        assert!(Instant::now() < deadline, "the proxy never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // ...so even the first connection skips the 1 s detection wait.
+    let first = time_to_banner(proxy.inbound_addr).await;
+    let second = time_to_banner(proxy.inbound_addr).await;
+    println!("first connection {first:?}, second {second:?}");
+    assert!(
+        first < Duration::from_millis(500),
+        "first connection waited {first:?}"
+    );
+    assert!(second < Duration::from_millis(500), "{second:?}");
 }

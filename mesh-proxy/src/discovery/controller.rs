@@ -98,6 +98,7 @@ async fn watch(
     connected: Arc<AtomicBool>,
 ) {
     let mut delay = Duration::from_millis(100);
+    let mut answered = false;
     loop {
         let Some(authority) = dest.upgrade().map(|d| d.authority.to_string()) else {
             return;
@@ -116,6 +117,7 @@ async fn watch(
                             let Some(d) = dest.upgrade() else { return };
                             match convert(msg) {
                                 Ok(update) => {
+                                    answered = true;
                                     metrics.discovery_updates.inc();
                                     d.apply(update);
                                     delay = Duration::from_millis(100);
@@ -140,7 +142,11 @@ async fn watch(
             }
             Err(status) => {
                 metrics.discovery_errors.inc();
-                tracing::warn!(%authority, "discovery unavailable, keeping last state: {}", status.message());
+                if answered {
+                    tracing::warn!(%authority, "discovery unavailable, keeping the last state: {}", status.message());
+                } else {
+                    tracing::warn!(%authority, "discovery unavailable, retrying (requests for it wait up to MESH_PROXY_DISCOVERY_TIMEOUT): {}", status.message());
+                }
             }
         }
         tokio::time::sleep(delay).await;

@@ -80,6 +80,8 @@ struct State {
 impl StaticResolver {
     /// Loads the file (an error here stops the proxy from starting) and starts polling it.
     pub fn start(path: PathBuf, poll: Duration) -> anyhow::Result<Arc<Self>> {
+        // Taken before reading, so that a change made after start-up is never missed.
+        let mut last = modified(&path);
         let services = load(&path)?;
         let this = Arc::new(Self {
             state: Mutex::new(State {
@@ -89,7 +91,6 @@ impl StaticResolver {
         });
         let weak = Arc::downgrade(&this);
         tokio::spawn(async move {
-            let mut last = modified(&path);
             loop {
                 tokio::time::sleep(poll).await;
                 let Some(this) = weak.upgrade() else { return };
@@ -124,8 +125,12 @@ impl StaticResolver {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells a changed file apart: its modification time, size and inode (a time alone
+/// misses two writes within the file system's timestamp resolution).
+fn modified(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 fn update_for(services: &HashMap<Authority, StaticService>, authority: &Authority) -> Update {

@@ -211,6 +211,7 @@ pub async fn h2_get(via: SocketAddr, uri: &str) -> (StatusCode, String) {
 }
 
 /// A simple response: status, `x-replica`, body text, and the proxy error header if any.
+#[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub replica: String,
@@ -449,6 +450,34 @@ impl pb::inbound_server::Inbound for ControllerSvc {
         .await
         .ok();
         self.0.inbound_subs.lock().unwrap().push(tx);
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+
+    type WatchWorkloadStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WorkloadPolicy, tonic::Status>>;
+
+    async fn watch_workload(
+        &self,
+        _req: tonic::Request<pb::InboundWorkload>,
+    ) -> Result<tonic::Response<Self::WatchWorkloadStream>, tonic::Status> {
+        let ports = self
+            .0
+            .inbound
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(port, protocol)| {
+                let policy = pb::InboundPolicy {
+                    server: format!("port-{port}"),
+                    protocol: *protocol as i32,
+                };
+                (*port, policy)
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(pb::WorkloadPolicy { ports })).await.ok();
         Ok(tonic::Response::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
