@@ -28,8 +28,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "building mesh-controller, mesh-proxy and the sample app (first build takes a few minutes)..."
-cargo build -q -p mesh-controller -p mesh-proxy -p mesh-e2e
+# The same build (dev profile, target/debug) as the README's "Running the mesh"; the tests use
+# the same profile.
+echo "building mesh-controller, mesh-proxy, meshctl and the sample app (dev profile, target/debug);"
+echo "the first build takes 10-25 minutes on 2 cores (cargo shows its progress); later runs take seconds..."
+cargo build -p mesh-controller -p mesh-proxy -p mesh-e2e -p mesh-cli
 bin=target/debug
 fetch() { "$bin/mesh-echo" fetch "$1" 2>/dev/null || true; }
 
@@ -99,15 +102,15 @@ show() {
   local m; m=$(fetch http://127.0.0.1:14191/metrics)
   local cm; cm=$(fetch http://127.0.0.1:19990/metrics)
   local ok fail retries exhausted lat_sum lat_count
-  ok=$(sum "$m" '^mesh_proxy_requests_total\{direction="outbound",authority="web.demo:8080".*classification="success"')
-  fail=$(sum "$m" '^mesh_proxy_requests_total\{direction="outbound",authority="web.demo:8080".*classification="failure"')
+  ok=$(sum "$m" '^mesh_proxy_requests_total[{]direction="outbound",authority="web.demo:8080".*classification="success"')
+  fail=$(sum "$m" '^mesh_proxy_requests_total[{]direction="outbound",authority="web.demo:8080".*classification="failure"')
   retries=$(sum "$m" '^mesh_proxy_retries_total')
   exhausted=$(sum "$m" '^mesh_proxy_retry_budget_exhausted_total')
-  lat_sum=$(awk '/^mesh_proxy_response_latency_seconds_sum\{direction="outbound",authority="web.demo:8080"/ {print $NF}' <<<"$m")
-  lat_count=$(awk '/^mesh_proxy_response_latency_seconds_count\{direction="outbound",authority="web.demo:8080"/ {print $NF}' <<<"$m")
+  lat_sum=$(awk '/^mesh_proxy_response_latency_seconds_sum[{]direction="outbound",authority="web.demo:8080"/ {print $NF}' <<<"$m")
+  lat_count=$(awk '/^mesh_proxy_response_latency_seconds_count[{]direction="outbound",authority="web.demo:8080"/ {print $NF}' <<<"$m")
   printf 'mesh demo: local mode (mesh-controller + 6 mesh-proxies)   %s\n\n' "$(date +%T)"
   printf 'controller  %d services, %d endpoints, %d proxy streams open, %d updates sent\n\n' \
-    "$(sum "$cm" '^mesh_controller_index_objects\{kind="Service"')" \
+    "$(sum "$cm" '^mesh_controller_index_objects[{]kind="Service"')" \
     "$(sum "$cm" '^mesh_controller_index_endpoints ')" \
     "$(sum "$cm" '^mesh_controller_streams_open')" \
     "$(sum "$cm" '^mesh_controller_updates_sent_total')"
@@ -120,13 +123,13 @@ show() {
   for i in 1 2 3 4 5; do
     local pm; pm=$(fetch "http://127.0.0.1:1618$i/metrics")
     printf '  %-22s %8d ok %6d failed\n' "${names[$((i - 1))]}" \
-      "$(sum "$pm" '^mesh_proxy_requests_total\{direction="inbound".*classification="success"')" \
-      "$(sum "$pm" '^mesh_proxy_requests_total\{direction="inbound".*classification="failure"')"
+      "$(sum "$pm" '^mesh_proxy_requests_total[{]direction="inbound".*classification="success"')" \
+      "$(sum "$pm" '^mesh_proxy_requests_total[{]direction="inbound".*classification="failure"')"
   done
   if [ -n "$joined" ]; then printf '  (web-5 registered at %s by writing %s)\n' "$joined" "$config/web-5.yaml"; fi
   printf '\nconfig: %s (HTTPRoute 90/10 in route.yaml: edit it live)\n' "$config"
   printf 'admin: controller http://127.0.0.1:19990/status  client proxy http://127.0.0.1:14191/metrics\n'
-  printf 'mTLS: comes with the identity issue\n'
+  printf 'mTLS: not supported yet; traffic between proxies is plaintext HTTP/2\n'
 }
 
 # The new replica registers halfway (or after 20 s when running until Ctrl-C).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit, property and integration tests
 # (real sockets; iptables rules inside network namespaces when root), the end-to-end suite
-# (e2e/tests/netns.rs: the real mesh in network namespaces, with faults; root only), and a
-# short run of the README's demo. Installs what the tests need when it is missing (as root, with apt-get).
+# (e2e/tests/netns.rs: the real mesh in network namespaces, with faults; root only), the
+# README's "Running the mesh" recipe as written, and a short run of the README's demo. Installs what the tests need when it is missing (as root, with apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,14 @@ mkdir -p target/tmp && rm -f "$summary"
 cargo test --workspace
 echo "== e2e summary (one block per scenario; e2e/tests/netns.rs)"
 if [ -s "$summary" ]; then cat "$summary"; else echo "(no e2e scenario ran: see the skip lines above)"; fi
+echo "== meshctl (built by cargo test --workspace)"
+if [ ! -x target/debug/meshctl ]; then
+  echo "target/debug/meshctl was not built by cargo test --workspace" >&2
+  exit 1
+fi
+target/debug/meshctl --help
+echo "== README recipe (\"Running the mesh\", run as written: scripts/readme-recipe-test.sh)"
+scripts/readme-recipe-test.sh
 echo "== demo smoke run (scripts/demo.sh for 5 s)"
 out=$(DEMO_SECONDS=5 DEMO_RATE=50 scripts/demo.sh)
 echo "$out"

@@ -316,3 +316,63 @@ pub fn holder_identity() -> String {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("mesh-controller-{}", std::process::id()))
 }
+
+/// A client for the cluster, configured like kubectl: the kubeconfig from `KUBECONFIG` (or
+/// `~/.kube/config`), else the in-cluster service account. The error says once what was
+/// tried and what to do, instead of kube's nested messages (which repeat each cause).
+pub async fn client_from_environment() -> anyhow::Result<Client> {
+    use kube::config::{Config, KubeConfigOptions, KubeconfigError};
+    const ADVICE: &str = "set KUBECONFIG to a valid kubeconfig, run the controller in the \
+                          cluster, or use --source local to run without Kubernetes";
+    let kubeconfig = match Config::from_kubeconfig(&KubeConfigOptions::default()).await {
+        Ok(mut config) => {
+            config.apply_debug_overrides();
+            return Client::try_from(config)
+                .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {}", chain(&e)));
+        }
+        Err(KubeconfigError::ReadConfig(e, path)) => {
+            let from = if std::env::var_os("KUBECONFIG").is_some() {
+                " (from KUBECONFIG)"
+            } else {
+                ""
+            };
+            format!("cannot read the kubeconfig {}{from}: {e}", path.display())
+        }
+        Err(KubeconfigError::FindPath) => {
+            "KUBECONFIG is not set and there is no home directory for ~/.kube/config".to_string()
+        }
+        Err(e) => format!("the kubeconfig is not usable: {}", chain(&e)),
+    };
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        anyhow::bail!(
+            "cannot reach the Kubernetes API: {kubeconfig}, and this is not a pod \
+             (KUBERNETES_SERVICE_HOST is not set); {ADVICE}"
+        );
+    }
+    match Config::incluster() {
+        Ok(mut config) => {
+            config.apply_debug_overrides();
+            Client::try_from(config)
+                .map_err(|e| anyhow::anyhow!("cannot build a Kubernetes client: {}", chain(&e)))
+        }
+        Err(e) => anyhow::bail!(
+            "cannot reach the Kubernetes API: {kubeconfig}; in-cluster config: {}; {ADVICE}",
+            chain(&e)
+        ),
+    }
+}
+
+/// An error and its sources on one line, skipping a source whose message the text already
+/// holds (many errors print their source inside their own message).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !text.contains(&msg) {
+            text = format!("{text}: {msg}");
+        }
+        cur = s.source();
+    }
+    text
+}

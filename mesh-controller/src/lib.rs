@@ -111,9 +111,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
         Source::Kubernetes => {
             let client = match client {
                 Some(c) => c,
-                None => kube::Client::try_default().await.context(
-                    "cannot reach the Kubernetes API (in-cluster config or KUBECONFIG); use --source local outside a cluster",
-                )?,
+                None => kubernetes::client_from_environment().await?,
             };
             kubernetes::spawn_watches(client.clone(), tx, metrics.clone());
             let (leader_tx, leader_rx) = watch::channel(false);

@@ -9,7 +9,8 @@
 //!
 //! The directory is watched (inotify via `notify`, plus a slow rescan as a safety net). A file
 //! that does not parse or validate is reported with its path, document number and field, and
-//! the objects it held before stay in force; the other files apply. Workloads register by
+//! the objects it held before stay in force (on a first load, none of its objects are
+//! loaded); the other files apply. Workloads register by
 //! writing a file (and leave by deleting it).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -312,10 +313,19 @@ impl LocalSource {
                 }
             }
             Err(e) => {
-                tracing::warn!(
-                    file = %path.display(),
-                    "rejected: {e}; the file's previous objects stay in force"
-                );
+                // On a first load (or when the file never held a valid object) there is
+                // nothing to keep: say that its objects were not loaded.
+                if self.files.get(path).is_some_and(|f| !f.objects.is_empty()) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "rejected: {e}; the file's previous objects stay in force"
+                    );
+                } else {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "rejected: {e}; none of the file's objects were loaded"
+                    );
+                }
                 self.metrics
                     .watch_errors
                     .get_or_create(&KindLabel { kind: "file" })

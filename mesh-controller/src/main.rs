@@ -1,5 +1,7 @@
 //! `mesh-controller` binary: `run` (the default) serves the mesh; `crds` prints the CRDs.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use mesh_controller::RunArgs;
 use tracing_subscriber::EnvFilter;
@@ -47,13 +49,21 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Logs go to stdout; colours only when it is a terminal (not in a file or a pipe).
+    let ansi = std::io::stdout().is_terminal();
     if cli.log_json {
         tracing_subscriber::fmt()
             .json()
+            .with_ansi(false)
+            .with_writer(std::io::stdout)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_writer(std::io::stdout)
+            .with_env_filter(filter)
+            .init();
     }
     let args = match cli.cmd {
         Some(Cmd::Crds) => match mesh_crds::crds_yaml() {

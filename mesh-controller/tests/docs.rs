@@ -1,6 +1,6 @@
-//! The object examples in the user documentation and `examples/local/` are real: each YAML
-//! block with an `apiVersion` must load as local-mode objects, exactly as the controller reads
-//! them.
+//! The object examples in the user documentation, `examples/local/` and `examples/quickstart/`
+//! are real: each YAML block with an `apiVersion` must load as local-mode objects, exactly as
+//! the controller reads them.
 
 use std::path::Path;
 
@@ -28,13 +28,15 @@ fn docs_and_example_objects_load() {
         "expected the object examples, found {checked}"
     );
     let mut files = 0;
-    for entry in std::fs::read_dir(root.join("examples/local")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let objs = parse_file(&text, "cluster.local")
-            .unwrap_or_else(|e| panic!("{} is invalid: {e}", path.display()));
-        assert!(!objs.is_empty(), "{} holds no objects", path.display());
-        files += 1;
+    for dir in ["examples/local", "examples/quickstart"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let objs = parse_file(&text, "cluster.local")
+                .unwrap_or_else(|e| panic!("{} is invalid: {e}", path.display()));
+            assert!(!objs.is_empty(), "{} holds no objects", path.display());
+            files += 1;
+        }
     }
-    assert!(files >= 4);
+    assert!(files >= 5);
 }
