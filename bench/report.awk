@@ -1,16 +1,19 @@
 # bench/report.awk: turn bench/run.sh's measurements into Markdown tables.
 #
-# Input files (tab-separated): labels.tsv (target, label) then measurements.tsv (with header).
+# Input files (tab-separated): labels.tsv (target, label, suite) then measurements.tsv (with
+# header). Only the http1 suite's rows are used (the other suites: report-suites.awk).
 # Variables: conc (connections of the max-throughput run), rates (space-separated).
 # Targets are printed in the order in which they were measured. When a measurement was repeated
 # (BENCH_REPEAT), the median run is shown: by req/s for max throughput, by p99 for latency.
 
 FNR == NR {
+    if ($3 != "" && $3 != "http1") next
     label[$1] = $2
     order[++n] = $1
     next
 }
 FNR == 1 { next } # header of measurements.tsv
+$22 != "" && $22 != "http1" { next }
 
 {
     t = $1; kind = $2; r = $3

@@ -15,17 +15,22 @@
 #   - RSS idle and under load (VmRSS from /proc/PID/status);
 #   - p50/p99/p99.9 latency at fixed request rates (open loop, oha --latency-correction).
 # It refuses to report if other processes used noticeable CPU during a measurement.
+# That is the http1 suite; bench/suites.sh adds h2 (h2load -> nghttpd), grpc (sequential unary
+# gRPC vs HTTP/2) and tcp (redis-benchmark -> redis-server), measured the same way.
 #
-# Usage: bench/run.sh [--quick] [--force] [--targets LIST] [--no-install] [--no-build]
+# Usage: bench/run.sh [--quick] [--force] [--targets LIST] [--suites LIST] [--no-install] [--no-build]
 # Settings (environment): see usage() below.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/suites.sh
+source "$BENCH_DIR/suites.sh" # the h2, grpc and tcp suites; they use the functions below
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 MAIN_PID=$BASHPID # the script's own process; its CPU (and that of oha, its child) is "ours"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 ALL_TARGETS="direct,mesh-1hop,mesh-2hop,haproxy,nginx"
+ALL_SUITES="http1,h2,grpc,tcp" # see bench/suites.sh for h2, grpc and tcp
 HOST_HEADER="echo.bench:8080" # the authority the mesh proxies resolve; sent to every target
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +45,13 @@ Options:
   --quick            short runs (3s per measurement, 1s warm-up) for a smoke test
   --force            report even if other processes used CPU during a measurement
                      (the report is then marked as NOISY)
-  --targets LIST     comma-separated subset of: $ALL_TARGETS (default: all)
+  --targets LIST     comma-separated subset of: $ALL_TARGETS (default: all;
+                     nginx takes part in the http1 suite only)
+  --suites LIST      comma-separated subset of: $ALL_SUITES (default: all)
+                       http1  oha against mesh-echo (HTTP/1.1)
+                       h2     h2load against nghttpd (HTTP/2, HAProxy in h2 mode)
+                       grpc   sequential unary gRPC vs HTTP/2 GET/POST (h2load, grpcio)
+                       tcp    redis-benchmark against redis-server (opaque TCP)
   --no-install       do not apt-get/cargo install anything (fail if missing)
   --no-build         do not run cargo build (use the binaries in target/release)
   -h, --help         this text
@@ -59,6 +70,21 @@ Environment:
   BENCH_PROXY_CORE        core for the proxy / HAProxy / nginx (default 0)
   BENCH_LOAD_CORE         core for the load generator and the upstream (default 1)
   BENCH_PORT_BASE         first of the 127.0.0.1 ports used (default 19000)
+  h2 suite:
+  BENCH_H2_REQUESTS       requests of the max-throughput run (default 100000, quick 20000)
+  BENCH_H2_CLIENTS        h2load connections (-c) of that run (default 16)
+  BENCH_H2_STREAMS        h2load concurrent streams per connection (-m) (default 10)
+  BENCH_H2_RATES          total fixed rates of the latency runs (default: BENCH_RATES)
+  BENCH_H2_RATE_CLIENTS   connections of the latency runs; each sends rate/N req/s (default 10)
+  BENCH_H2_BODY_BYTES     size of the file nghttpd serves (default 64)
+  grpc suite:
+  BENCH_GRPC_CALLS        sequential calls per measurement (default 20000, quick 2000)
+  BENCH_GRPC_MSG_BYTES    size of the request's string field (default 64)
+  BENCH_PYTHON            python with grpcio (default python3)
+  tcp suite:
+  BENCH_REDIS_REQUESTS    requests per redis-benchmark test (default 200000, quick 50000)
+  BENCH_REDIS_CLIENTS     redis-benchmark connections (default 50)
+  BENCH_REDIS_TESTS       redis-benchmark tests, each its own measurement (default "set get")
 EOF
 }
 
@@ -67,6 +93,7 @@ FORCE=0
 INSTALL=1
 BUILD=1
 TARGETS=$ALL_TARGETS
+SUITES=$ALL_SUITES
 
 parse_args() {
     while (($# > 0)); do
@@ -81,6 +108,12 @@ parse_args() {
                 shift
                 ;;
             --targets=*) TARGETS=${1#--targets=} ;;
+            --suites)
+                [[ $# -ge 2 ]] || die "--suites needs a value"
+                SUITES=$2
+                shift
+                ;;
+            --suites=*) SUITES=${1#--suites=} ;;
             -h | --help)
                 usage
                 exit 0
@@ -92,6 +125,9 @@ parse_args() {
     local t
     for t in ${TARGETS//,/ }; do
         [[ ",$ALL_TARGETS," == *",$t,"* ]] || die "unknown target '$t' (known: $ALL_TARGETS)"
+    done
+    for t in ${SUITES//,/ }; do
+        [[ ",$ALL_SUITES," == *",$t,"* ]] || die "unknown suite '$t' (known: $ALL_SUITES)"
     done
 
     if ((QUICK)); then
@@ -109,7 +145,8 @@ parse_args() {
     RATE_CONNECTIONS=${BENCH_RATE_CONNECTIONS:-32}
     REPEAT=${BENCH_REPEAT:-$((QUICK ? 1 : 3))}
     local n
-    for n in "$CONCURRENCY" "$RATE_CONNECTIONS" "$REPEAT" $RATES; do
+    parse_suite_settings # bench/suites.sh
+    for n in "$CONCURRENCY" "$RATE_CONNECTIONS" "$REPEAT" $RATES $SUITE_NUMBERS; do
         [[ $n =~ ^[1-9][0-9]*$ ]] || die "expected a positive whole number, got '$n'"
     done
     MAX_OTHER_CPU=${BENCH_MAX_OTHER_CPU:-10}
@@ -122,6 +159,9 @@ parse_args() {
 
     # Ports, all on 127.0.0.1.
     UPSTREAM_PORT=$((PORT_BASE + 1))
+    NGHTTPD_PORT=$((PORT_BASE + 2))  # h2 suite
+    GRPCIO_PORT=$((PORT_BASE + 3))   # grpc suite: the python grpcio echo server
+    REDIS_PORT=$((PORT_BASE + 4))    # tcp suite
     HAPROXY_PORT=$((PORT_BASE + 80))
     NGINX_PORT=$((PORT_BASE + 81))
     MESH1_OUT=$((PORT_BASE + 140)) MESH1_IN=$((PORT_BASE + 143)) MESH1_ADMIN=$((PORT_BASE + 191))
@@ -131,6 +171,7 @@ parse_args() {
 }
 
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
+has_suite() { [[ ",$SUITES," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
@@ -161,6 +202,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
+    suites_cleanup # bench/suites.sh: the tcp suite's network namespace
     if [[ -n $WORK_DIR && -d $WORK_DIR ]]; then
         # Keep the generated configs and the logs of the processes with the raw results.
         if [[ -n ${RUN_DIR:-} && -d ${RUN_DIR:-} ]]; then cp -r "$WORK_DIR" "$RUN_DIR/work" 2>/dev/null || true; fi
@@ -209,9 +251,18 @@ http_status() {
 
 # Wait until GET $2 on port $1 (Host: $3) answers 200; $4 = pid that must stay alive, $5 = log.
 wait_http_ok() {
-    local port=$1 path=$2 host=$3 pid=$4 logfile=$5
+    local port=$1 path=$2 host=$3
+    shift 3
+    wait_until "$@" http_ok "$port" "$path" "$host"
+}
+http_ok() { [[ $(http_status "$@") == 200 ]]; }
+
+# Wait until the command "$3..." succeeds; $1 = pid that must stay alive, $2 = its log.
+wait_until() {
+    local pid=$1 logfile=$2
+    shift 2
     for _ in $(seq 1 300); do
-        [[ $(http_status "$port" "$path" "$host") == 200 ]] && return 0
+        "$@" && return 0
         if ! kill -0 "$pid" 2>/dev/null; then
             log "process $pid exited; last lines of $logfile:"
             tail -n 20 "$logfile" >&2 || true
@@ -219,7 +270,7 @@ wait_http_ok() {
         fi
         sleep 0.1
     done
-    log "no 200 from 127.0.0.1:$port$path after 30s; last lines of $logfile:"
+    log "no success from '$*' after 30s; last lines of $logfile:"
     tail -n 20 "$logfile" >&2 || true
     return 1
 }
@@ -320,7 +371,9 @@ snapshot_all_procs() {
 
 install_tools() {
     local missing=() tool
-    for tool in haproxy nginx jq curl taskset pgrep; do
+    local tools=(haproxy jq curl taskset pgrep)
+    has_suite http1 && tools+=(nginx)
+    for tool in "${tools[@]}"; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     if ((${#missing[@]} > 0)); then
@@ -332,6 +385,8 @@ install_tools() {
         # util-linux has taskset, procps has pgrep; both are normally present already.
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y haproxy nginx jq curl util-linux procps
     fi
+    install_suite_tools # bench/suites.sh: h2load, nghttpd, redis, grpcio
+    has_suite http1 || return 0
     if ! command -v oha >/dev/null; then
         ((INSTALL)) || die "oha is not on PATH (run without --no-install, or cargo install oha --locked)"
         log "installing the load generator: cargo install oha --locked"
@@ -340,9 +395,10 @@ install_tools() {
 }
 
 build_binaries() {
-    local pkgs=(-p mesh-e2e)
+    local pkgs=() need_echo=0
+    if has_suite http1 || has_suite grpc; then need_echo=1 pkgs+=(-p mesh-e2e); fi
     if has_target mesh-1hop || has_target mesh-2hop; then pkgs+=(-p mesh-proxy); fi
-    if ((BUILD)); then
+    if ((BUILD && ${#pkgs[@]} > 0)); then
         log "building: cargo build --release ${pkgs[*]} (fat LTO: this takes a few minutes)"
         (cd "$ROOT" && cargo build --release "${pkgs[@]}")
     fi
@@ -350,7 +406,7 @@ build_binaries() {
     local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
     ECHO_BIN=$target_dir/release/mesh-echo
     PROXY_BIN=$target_dir/release/mesh-proxy
-    [[ -x $ECHO_BIN ]] || die "$ECHO_BIN not found (build with cargo build --release -p mesh-e2e)"
+    ((!need_echo)) || [[ -x $ECHO_BIN ]] || die "$ECHO_BIN not found (build with cargo build --release -p mesh-e2e)"
     if has_target mesh-1hop || has_target mesh-2hop; then
         [[ -x $PROXY_BIN ]] || die "$PROXY_BIN not found (build with cargo build --release -p mesh-proxy)"
     fi
@@ -368,7 +424,8 @@ check_machine() {
     NOFILE=$(ulimit -n)
     local port
     for port in "$UPSTREAM_PORT" "$HAPROXY_PORT" "$NGINX_PORT" "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" \
-        "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN"; do
+        "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN" \
+        "$NGHTTPD_PORT" "$GRPCIO_PORT" "$REDIS_PORT"; do
         port_open "$port" && die "127.0.0.1:$port is already in use (set BENCH_PORT_BASE)"
     done
     return 0
@@ -381,7 +438,7 @@ make_dirs() {
     ln -sfn "$RUN_ID" "$BENCH_DIR/results/latest"
     WORK_DIR=$(mktemp -d /tmp/mesh-bench.XXXXXX)
     MEASUREMENTS=$RUN_DIR/measurements.tsv
-    printf '%s\n' "target	kind	rate	elapsed_s	responses	ok	errors	rps	p50_s	p99_s	p999_s	target_ticks	cpu_us_per_req	target_core_pct	rss_idle_kib	rss_load_kib	other_cpu_pct	noisy	other_cpu_pct_tick_sampled	steal_pct	repeat" >"$MEASUREMENTS"
+    printf '%s\n' "target	kind	rate	elapsed_s	responses	ok	errors	rps	p50_s	p99_s	p999_s	target_ticks	cpu_us_per_req	target_core_pct	rss_idle_kib	rss_load_kib	other_cpu_pct	noisy	other_cpu_pct_tick_sampled	steal_pct	repeat	suite	mean_s" >"$MEASUREMENTS"
 }
 
 record_environment() {
@@ -393,9 +450,10 @@ record_environment() {
         echo "oha: $(oha --version 2>/dev/null | head -n1)"
         echo "haproxy: $(haproxy -v 2>/dev/null | head -n1)"
         echo "nginx: $(nginx -v 2>&1 | head -n1)"
+        record_suite_environment # bench/suites.sh
         echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS  repeat: $REPEAT"
         echo "cores: proxy=$PROXY_CORE load+upstream=$LOAD_CORE  max-other-cpu: ${MAX_OTHER_CPU}% max-steal: ${MAX_STEAL}% (retries $NOISE_RETRIES)  force: $FORCE  quick: $QUICK"
-        echo "targets: $TARGETS"
+        echo "targets: $TARGETS  suites: $SUITES"
         echo "nofile: $NOFILE  clk_tck: $CLK_TCK"
     } >"$RUN_DIR/env.txt"
 }
@@ -430,6 +488,33 @@ preflight_quiet_check() {
 # ---------------------------------------------------------------------------------------------
 
 UPSTREAM_PID=""
+# The current suite's settings, which the start_<target> functions and measure() follow
+# (bench/suites.sh sets them for the other suites):
+SUITE=http1
+UPSTREAM_PIDS=()        # the upstream's processes (CPU counted as "ours", not as noise)
+UP_PORT=""              # the upstream port mesh-proxy forwards to inbound, and HAProxy's server
+MESH_ROUTES=()          # "authority port" pairs: the services of the mesh-proxy static file
+HAPROXY_MODE=http1      # http1 | h2 | tcp
+LOAD_TOOL=oha           # measure() calls run_load_$LOAD_TOOL and parse_load_$LOAD_TOOL
+
+# Wait until the current target answers on port $1 ($2 = pid that must stay alive, $3 = log):
+# for http1 a 200 to GET / with our Host, for the other suites their own probe_<suite>.
+target_ready() {
+    if [[ $SUITE == http1 ]]; then
+        wait_http_ok "$1" / "$HOST_HEADER" "$2" "$3"
+    else
+        wait_until "$2" "$3" "probe_$SUITE" "$1"
+    fi
+}
+
+use_http1_suite() {
+    SUITE=http1
+    UPSTREAM_PIDS=("$UPSTREAM_PID")
+    UP_PORT=$UPSTREAM_PORT
+    MESH_ROUTES=("$HOST_HEADER 127.0.0.1:$UPSTREAM_PORT")
+    HAPROXY_MODE=http1
+    LOAD_TOOL=oha
+}
 
 start_upstream() {
     local logf=$WORK_DIR/upstream.log
@@ -446,7 +531,7 @@ start_upstream() {
 
 start_direct() {
     TARGET_PIDS=()
-    TARGET_PORT=$UPSTREAM_PORT
+    TARGET_PORT=$UP_PORT
     TARGET_LABEL="direct (no proxy)"
 }
 
@@ -455,28 +540,35 @@ start_haproxy() {
     # maxconn needs about 2 fds per connection (client side + server side).
     local maxconn=$(((NOFILE - 200) / 2))
     ((maxconn > 4096)) && maxconn=4096
+    # http1: HTTP/1.1 both sides; h2: HTTP/2 (h2c, prior knowledge) both sides; tcp: bytes.
+    local mode=http bind_proto="" server_proto="" keepalive="    option http-keep-alive
+    # reuse idle upstream connections across client connections (a connection pool)
+    http-reuse always"
+    case $HAPROXY_MODE in
+        h2) bind_proto=" proto h2" server_proto=" proto h2" ;;
+        tcp) mode=tcp keepalive="" ;;
+    esac
     cat >"$cfg" <<EOF
-# Generated by bench/run.sh: a plain HTTP reverse proxy, the equivalent of one mesh-proxy hop.
+# Generated by bench/run.sh ($SUITE suite): a plain reverse proxy, the equivalent of one
+# mesh-proxy hop.
 global
     nbthread 1
     maxconn $maxconn
     # no "log" line: no logging, like the mesh-proxy at MESH_PROXY_LOG=warn
 
 defaults
-    mode http
+    mode $mode
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    option http-keep-alive
-    # reuse idle upstream connections across client connections (a connection pool)
-    http-reuse always
+$keepalive
 
 frontend bench
-    bind 127.0.0.1:$HAPROXY_PORT
+    bind 127.0.0.1:$HAPROXY_PORT$bind_proto
     default_backend upstream
 
 backend upstream
-    server up 127.0.0.1:$UPSTREAM_PORT
+    server up 127.0.0.1:$UP_PORT$server_proto
 EOF
     haproxy -c -q -f "$cfg" >"$logf" 2>&1 || {
         cat "$logf" >&2
@@ -486,10 +578,14 @@ EOF
     taskset -c "$PROXY_CORE" haproxy -db -f "$cfg" >>"$logf" 2>&1 &
     local pid=$!
     STARTED_PIDS+=("$pid")
-    wait_http_ok "$HAPROXY_PORT" / "$HOST_HEADER" "$pid" "$logf" || die "haproxy did not start"
+    target_ready "$HAPROXY_PORT" "$pid" "$logf" || die "haproxy did not start"
     mapfile -t TARGET_PIDS < <(tree_pids "$pid")
     TARGET_PORT=$HAPROXY_PORT
     TARGET_LABEL="HAProxy $(haproxy -v | awk 'NR==1 {print $3}')"
+    case $HAPROXY_MODE in
+        h2) TARGET_LABEL+=" (h2 both sides)" ;;
+        tcp) TARGET_LABEL+=" (mode tcp)" ;;
+    esac
 }
 
 start_nginx() {
@@ -553,61 +649,78 @@ EOF
 }
 
 # Start one mesh-proxy: $1 name, $2 outbound, $3 inbound, $4 admin port, $5 static config file.
+# Inbound traffic goes to 127.0.0.1:$UP_PORT. A command prefix in the array MESH_PROXY_WRAP
+# (ip netns exec ..., setpriv ...) runs it elsewhere; it must exec, so that $! is the proxy.
+# The first MESH_PROXY_NS_ARGS words of it are also put before the readiness check.
 # Sets REPLY to its pid.
+MESH_PROXY_WRAP=()
+MESH_PROXY_NS_ARGS=0
 start_mesh_proxy() {
     local name=$1 out=$2 in=$3 admin=$4 config=$5 logf=$WORK_DIR/$1.log
     MESH_PROXY_OUTBOUND_ADDR=127.0.0.1:$out \
         MESH_PROXY_INBOUND_ADDR=127.0.0.1:$in \
-        MESH_PROXY_INBOUND_FORWARD=127.0.0.1:$UPSTREAM_PORT \
+        MESH_PROXY_INBOUND_FORWARD=127.0.0.1:$UP_PORT \
         MESH_PROXY_ADMIN_ADDR=127.0.0.1:$admin \
         MESH_PROXY_STATIC_CONFIG=$config \
         MESH_PROXY_LOG=warn \
-        taskset -c "$PROXY_CORE" "$PROXY_BIN" >"$logf" 2>&1 &
+        "${MESH_PROXY_WRAP[@]}" taskset -c "$PROXY_CORE" "$PROXY_BIN" >"$logf" 2>&1 &
     local pid=$!
     STARTED_PIDS+=("$pid")
-    wait_http_ok "$admin" /ready "127.0.0.1:$admin" "$pid" "$logf" ||
+    wait_until "$pid" "$logf" "${MESH_PROXY_WRAP[@]:0:MESH_PROXY_NS_ARGS}" \
+        curl -sf -o /dev/null -m 2 "http://127.0.0.1:$admin/ready" ||
         die "mesh-proxy '$name' did not become ready on 127.0.0.1:$admin/ready (run with --targets direct,haproxy,nginx to skip the mesh)"
     log "mesh-proxy '$name' ready (pid $pid, outbound :$out, inbound :$in, admin :$admin)"
     REPLY=$pid
 }
 
+# The services of MESH_ROUTES as a static file; $1 = extra endpoint line (a hint) or empty.
+mesh_services() {
+    local route hint=$1
+    echo "services:"
+    for route in "${MESH_ROUTES[@]}"; do
+        printf '  - authority: "%s"\n    endpoints:\n      - addr: "%s"\n' "${route% *}" "${route#* }"
+        [[ -z $hint ]] || printf '        %s\n' "$hint"
+    done
+}
+
 start_mesh-1hop() {
+    if [[ $(type -t "start_${SUITE}_mesh-1hop") == function ]]; then
+        "start_${SUITE}_mesh-1hop" # the tcp suite's own one hop
+        return
+    fi
     local cfg=$WORK_DIR/mesh-1hop.yaml
-    cat >"$cfg" <<EOF
-# one hop: the outbound side connects straight to the upstream
-services:
-  - authority: "$HOST_HEADER"
-    endpoints:
-      - addr: "127.0.0.1:$UPSTREAM_PORT"
-EOF
+    {
+        echo "# one hop: the outbound side connects straight to the upstream"
+        mesh_services ""
+    } >"$cfg"
     start_mesh_proxy mesh-1hop "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" "$cfg"
     TARGET_PIDS=("$REPLY")
     TARGET_PORT=$MESH1_OUT
     TARGET_LABEL="mesh-proxy, 1 hop"
-    wait_http_ok "$TARGET_PORT" / "$HOST_HEADER" "$REPLY" "$WORK_DIR/mesh-1hop.log" ||
+    target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-1hop.log" ||
         die "mesh-proxy does not route $HOST_HEADER to the upstream"
 }
 
 start_mesh-2hop() {
+    if [[ $(type -t "start_${SUITE}_mesh-2hop") == function ]]; then
+        "start_${SUITE}_mesh-2hop" # the tcp suite's own two hops
+        return
+    fi
     local server_cfg=$WORK_DIR/mesh-2hop-server.yaml client_cfg=$WORK_DIR/mesh-2hop-client.yaml
     # The server sidecar only needs its inbound side; give it an empty service list.
     printf 'services: []\n' >"$server_cfg"
-    cat >"$client_cfg" <<EOF
-# two hops: the client sidecar sends HTTP/2 to the server sidecar's inbound port,
-# which forwards to the upstream
-services:
-  - authority: "$HOST_HEADER"
-    endpoints:
-      - addr: "127.0.0.1:$UPSTREAM_PORT"
-        hint: { kind: meshed_h2, inbound_port: $MESH2S_IN }
-EOF
+    {
+        echo "# two hops: the client sidecar sends HTTP/2 to the server sidecar's inbound port,"
+        echo "# which forwards to the upstream"
+        mesh_services "hint: { kind: meshed_h2, inbound_port: $MESH2S_IN }"
+    } >"$client_cfg"
     start_mesh_proxy mesh-2hop-server "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" "$server_cfg"
     local server_pid=$REPLY
     start_mesh_proxy mesh-2hop-client "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN" "$client_cfg"
     TARGET_PIDS=("$REPLY" "$server_pid")
     TARGET_PORT=$MESH2C_OUT
     TARGET_LABEL="mesh-proxy, 2 hops (both proxies)"
-    wait_http_ok "$TARGET_PORT" / "$HOST_HEADER" "$REPLY" "$WORK_DIR/mesh-2hop-client.log" ||
+    target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-2hop-client.log" ||
         die "the two-hop mesh path does not reach the upstream"
 }
 
@@ -616,6 +729,7 @@ EOF
 # ---------------------------------------------------------------------------------------------
 
 # Run oha against the current target on the load core. $1 = output file, rest = extra args.
+run_load_oha() { run_oha "$@"; }
 run_oha() {
     local out=$1
     shift
@@ -636,9 +750,30 @@ rss_sampler() {
     done
 }
 
-# One measurement: $1 target id, $2 kind (max|rate), $3 rate (empty for max), $4 raw output file,
-# rest = oha arguments. Appends a row to measurements.tsv. If the machine was not quiet, it
-# asks measure_quietly for a repeat (MEASURE_RETRY=1) or, out of repeats, exits.
+# Read oha's JSON output $1: sets L_RESPONSES (answers), L_OK (200s), L_ERRORS (failed requests
+# and non-200 answers), L_TOTAL (the run's duration in s, for req/s), L_P50/L_P99/L_P999/L_MEAN (s).
+# Every load tool has such a parse_load_<tool> (bench/suites.sh for h2load, redis, grpcio).
+parse_load_oha() {
+    local out=$1
+    # Errors "aborted due to deadline" are the requests in flight when the duration ended;
+    # they are not failures.
+    read -r L_RESPONSES L_OK L_ERRORS L_TOTAL L_P50 L_P99 L_P999 L_MEAN < <(jq -r '[
+        ([.statusCodeDistribution[]] | add // 0),
+        (.statusCodeDistribution["200"] // 0),
+        ((.errorDistribution | to_entries | map(select(.key != "aborted due to deadline") | .value) | add) // 0),
+        .summary.total,
+        (.latencyPercentiles.p50 // "nan"),
+        (.latencyPercentiles.p99 // "nan"),
+        (.latencyPercentiles["p99.9"] // "nan"),
+        (.summary.average // "nan")
+      ] | @tsv' "$out") || return 1
+    L_ERRORS=$((L_ERRORS + L_RESPONSES - L_OK))
+}
+
+# One measurement: $1 target id, $2 kind (max|rate|...), $3 rate (empty for max), $4 raw output
+# file, rest = arguments of the load tool (run_load_$LOAD_TOOL). Appends a row to
+# measurements.tsv. If the machine was not quiet, it asks measure_quietly for a repeat
+# (MEASURE_RETRY=1) or, out of repeats, exits.
 measure() {
     local target=$1 kind=$2 rate=$3 out=$4
     shift 4
@@ -652,16 +787,16 @@ measure() {
     machine_ticks; b0=$BUSY_TICKS i0=$IDLE_TICKS st0=$STEAL_TICKS
     sum_ticks "${TARGET_PIDS[@]}" || die "a $target process has exited (see $WORK_DIR)"
     p0=$REPLY
-    proc_ticks "$UPSTREAM_PID" || die "the upstream has exited"
+    sum_ticks "${UPSTREAM_PIDS[@]}" || die "the upstream has exited"
     u0=$REPLY
-    if [[ $kind == max && ${#TARGET_PIDS[@]} -gt 0 ]]; then
+    if [[ $kind != rate && ${#TARGET_PIDS[@]} -gt 0 ]]; then # throughput runs (max, tcp tests, grpc)
         rss_sampler "$rss_file" &
         sampler=$!
     fi
     self_ticks; s0=$REPLY
 
     local oha_rc=0
-    run_oha "$out" "$@" || oha_rc=$?
+    "run_load_$LOAD_TOOL" "$out" "$@" || oha_rc=$?
 
     if [[ -n $sampler ]]; then
         kill -TERM "$sampler" 2>/dev/null || true
@@ -672,29 +807,19 @@ measure() {
     machine_ticks; b1=$BUSY_TICKS i1=$IDLE_TICKS st1=$STEAL_TICKS
     sum_ticks "${TARGET_PIDS[@]}" || die "a $target process exited during the measurement (see $RUN_DIR/work)"
     p1=$REPLY
-    proc_ticks "$UPSTREAM_PID" || die "the upstream exited during the measurement"
+    sum_ticks "${UPSTREAM_PIDS[@]}" || die "the upstream exited during the measurement"
     u1=$REPLY
     t1=$EPOCHREALTIME
     snapshot_all_procs procs1
 
     ((oha_rc == 0)) || {
         cat "$out.stderr" >&2
-        die "oha failed ($oha_rc) against $target"
+        die "$LOAD_TOOL failed ($oha_rc) against $target"
     }
 
-    # What oha saw. Errors "aborted due to deadline" are the requests in flight when the
-    # duration ended; they are not failures.
-    local responses ok errors total p50 p99 p999
-    read -r responses ok errors total p50 p99 p999 < <(jq -r '[
-        ([.statusCodeDistribution[]] | add // 0),
-        (.statusCodeDistribution["200"] // 0),
-        ((.errorDistribution | to_entries | map(select(.key != "aborted due to deadline") | .value) | add) // 0),
-        .summary.total,
-        (.latencyPercentiles.p50 // "nan"),
-        (.latencyPercentiles.p99 // "nan"),
-        (.latencyPercentiles["p99.9"] // "nan")
-      ] | @tsv' "$out") || die "cannot read oha's output $out"
-    errors=$((errors + responses - ok))
+    # What the load generator saw.
+    "parse_load_$LOAD_TOOL" "$out" || die "cannot read $LOAD_TOOL's output $out"
+    local responses=$L_RESPONSES ok=$L_OK errors=$L_ERRORS total=$L_TOTAL p50=$L_P50 p99=$L_P99 p999=$L_P999
     ((ok > 0)) || die "no successful response from $target (see $out)"
 
     local rss_idle=${TARGET_RSS_IDLE:-0} rss_load=0
@@ -734,13 +859,14 @@ measure() {
         fi
         NOISY_NOTES+=("$target $kind${rate:+ $rate}/s: other processes used ${other}% of a core, steal ${steal_pct}%")
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$target" "$kind" "$rate" "$elapsed" "$responses" "$ok" "$errors" "$rps" "$p50" "$p99" "$p999" \
-        "$((p1 - p0))" "$cpu_us" "$core_pct" "$rss_idle" "$rss_load" "$other" "$noisy" "$other_ticks" "$steal_pct" "$REPEAT_INDEX" >>"$MEASUREMENTS"
-    log "  $kind${rate:+ @$rate/s}: ${rps} req/s, p50 $(us "$p50") p99 $(us "$p99") p99.9 $(us "$p999"), errors $errors, proxy core ${core_pct}%, others ${other}%, steal ${steal_pct}%"
+        "$((p1 - p0))" "$cpu_us" "$core_pct" "$rss_idle" "$rss_load" "$other" "$noisy" "$other_ticks" "$steal_pct" "$REPEAT_INDEX" \
+        "$SUITE" "$L_MEAN" >>"$MEASUREMENTS"
+    log "  $kind${rate:+ @$rate/s}: ${rps} req/s, mean $(us "$L_MEAN") p50 $(us "$p50") p99 $(us "$p99") p99.9 $(us "$p999"), errors $errors, proxy CPU ${cpu_us}us/req, proxy core ${core_pct}%, others ${other}%, steal ${steal_pct}%"
 }
 
-us() { awk -v s="$1" 'BEGIN { if (s == "nan") print "n/a"; else printf "%.0fus", s * 1e6 }'; }
+us() { awk -v s="$1" 'BEGIN { if (s == "nan" || s == "") print "n/a"; else printf "%.0fus", s * 1e6 }'; }
 
 # Print the processes (other than ours) that used the most CPU between two snapshots.
 report_culprits() {
@@ -780,7 +906,7 @@ bench_target() {
         TARGET_RSS_IDLE=$REPLY
         log "  $TARGET_LABEL: pids ${TARGET_PIDS[*]}, idle RSS $((TARGET_RSS_IDLE / 1024)) MiB"
     fi
-    echo "$target	$TARGET_LABEL" >>"$RUN_DIR/labels.tsv"
+    echo "$target	$TARGET_LABEL	$SUITE" >>"$RUN_DIR/labels.tsv"
 
     # Warm up (connection pools, caches, allocator) at the same concurrency.
     run_oha "$RUN_DIR/$target-warmup.json" -c "$CONCURRENCY" -z "$WARMUP" || die "warm-up against $target failed"
@@ -796,14 +922,20 @@ bench_target() {
         done
     done
 
+    stop_target
+}
+
+# Stop the current target's processes (for nginx/haproxy the first pid is the parent).
+stop_target() {
     if ((${#TARGET_PIDS[@]} > 0)); then
-        # Stop the target's processes (for nginx/haproxy the first pid is the parent).
         local own=() p
         for p in "${TARGET_PIDS[@]}"; do
             [[ " ${STARTED_PIDS[*]} " == *" $p "* ]] && own+=("$p")
         done
         stop_pids "${own[@]}"
     fi
+    if [[ $(type -t "stop_${SUITE}_target") == function ]]; then "stop_${SUITE}_target"; fi
+    return 0
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -824,8 +956,13 @@ write_report() {
         cat "$RUN_DIR/env.txt"
         echo '```'
         echo
-        awk -F'\t' -v conc="$CONCURRENCY" -v rates="$RATES" -f "$BENCH_DIR/report.awk" \
-            "$RUN_DIR/labels.tsv" "$MEASUREMENTS"
+        if has_suite http1; then
+            echo "# HTTP/1.1 (oha → mesh-echo)"
+            echo
+            awk -F'\t' -v conc="$CONCURRENCY" -v rates="$RATES" -f "$BENCH_DIR/report.awk" \
+                "$RUN_DIR/labels.tsv" "$MEASUREMENTS"
+        fi
+        suites_report # bench/suites.sh
     } >"$report"
     cat "$report"
     log "raw results and report: $RUN_DIR"
@@ -849,11 +986,15 @@ main() {
     taskset -cp "$LOAD_CORE" "$MAIN_PID" >/dev/null
 
     preflight_quiet_check
-    start_upstream
+    if has_suite http1 || has_suite grpc; then start_upstream; fi
     local target
-    for target in ${ALL_TARGETS//,/ }; do
-        if has_target "$target"; then bench_target "$target"; fi
-    done
+    if has_suite http1; then
+        use_http1_suite
+        for target in ${ALL_TARGETS//,/ }; do
+            if has_target "$target"; then bench_target "$target"; fi
+        done
+    fi
+    run_other_suites # bench/suites.sh: h2, grpc, tcp
     write_report
 }
 
