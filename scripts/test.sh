@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use: iptables + iproute2 (mesh-proxy init, network namespaces),
-# python3 (tiny listeners inside namespaces).
+# python3 (tiny listeners inside namespaces, the gRPC peer).
 missing=()
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
@@ -20,6 +20,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "note: ${missing[*]} missing and not root; the tests that need them will say they are skipped"
   fi
 fi
+
+# Real peers the interoperability tests talk to: grpcio (a gRPC implementation that enforces
+# gRPC's keep-alive policy), from PyPI. With MESH_TEST_REQUIRE_PEERS set, a test whose peer
+# is missing fails instead of skipping.
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  echo "installing grpcio (pip)"
+  python3 -m pip install -q grpcio 2>/dev/null \
+    || { [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 \
+         && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-grpcio >/dev/null; } \
+    || echo "note: could not install grpcio (pip or apt python3-grpcio); the gRPC peer tests will fail"
+fi
+export MESH_TEST_REQUIRE_PEERS=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -120,6 +120,38 @@ fn s1_transparent_interception() {
     assert!(out.contains("hello from web-1"), "{out}");
     assert!(out.contains("web-1 echo: ping"), "{out}");
 
+    // Declared opaque (a Server on the app's named port), neither proxy waits for detection:
+    // the client proxy learns it from the endpoints, the server proxy from its inbound policy.
+    mesh.write(
+        "server-tcp.yaml",
+        &format!(
+            "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {{name: web-tcp, namespace: {}}}\nspec:\n  selector: {{app: web}}\n  port: tcp\n  protocol: Opaque\n",
+            support::mesh::NS
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let declared_ms = loop {
+        let started = Instant::now();
+        let (ok, out) = mesh.exec(
+            "client",
+            &["tcp", "web:7000", "--send", "ping"],
+            Duration::from_secs(10),
+        );
+        let took = started.elapsed().as_millis();
+        assert!(
+            ok && out.contains("web-1 echo: ping"),
+            "opaque TCP failed: {out}"
+        );
+        if took < 150 {
+            break took;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a declared opaque port still waits for detection ({took} ms; undeclared {tcp_ms} ms)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
     // Both proxies saw the traffic.
     let client = mesh.metrics("client");
     let server = mesh.metrics("web-1");
@@ -162,7 +194,9 @@ fn s1_transparent_interception() {
     }
     mesh.report.note(
         "opaque TCP (server speaks first)",
-        format!("banner + echo in {tcp_ms} ms (detection timeout 200 ms per proxy)"),
+        format!(
+            "banner + echo in {tcp_ms} ms undeclared (detection timeout 200 ms per proxy), {declared_ms} ms with a Server declaring it Opaque"
+        ),
     );
     mesh.pass();
 }

@@ -140,6 +140,10 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         shutdown: shutdown_rx.clone(),
     });
     let tracker = Arc::new(());
+    let live = Arc::downgrade(&tracker);
+    tokio::spawn(crate::memory::trim_after_load(move || {
+        live.strong_count().saturating_sub(1)
+    }));
     tokio::spawn(accept_loop(
         out_l,
         Direction::Outbound,

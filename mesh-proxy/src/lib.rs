@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod init;
 pub mod limits;
 pub mod loops;
+pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

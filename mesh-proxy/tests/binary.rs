@@ -191,3 +191,56 @@ async fn sigterm_drains_in_flight_requests() {
     let status = tokio::task::block_in_place(|| wait_exit(&mut p.child, Duration::from_secs(10)));
     assert!(status.expect("exits after draining").success());
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_goes_back_down_after_a_connection_burst() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream("slow", Behaviour::Delay(Duration::from_millis(1500))).await;
+    let (_dir, path) = static_file("services: []\n");
+    let p = spawn_proxy(&path).await;
+    let pid = p.child.id();
+    let base = rss_kb(pid);
+    // 2,000 requests in flight at once, three times over.
+    let mut peak = 0;
+    for _ in 0..3 {
+        let mut conns = Vec::new();
+        for _ in 0..2000 {
+            let mut s = tokio::net::TcpStream::connect(p.outbound).await.unwrap();
+            s.write_all(format!("GET / HTTP/1.1\r\nHost: {}\r\n\r\n", up.addr).as_bytes())
+                .await
+                .unwrap();
+            conns.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        peak = peak.max(rss_kb(pid));
+        for s in &mut conns {
+            let mut buf = [0u8; 16];
+            let _ = s.read(&mut buf).await;
+        }
+    }
+    // The proxy gives the memory back within a few seconds of the load's end.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut now = rss_kb(pid);
+    while now > base + (peak - base) / 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        now = rss_kb(pid);
+    }
+    println!("RSS: idle {base} kB, peak {peak} kB, after the burst {now} kB");
+    assert!(
+        peak > base + 20_000,
+        "the burst did not use memory: {base} -> {peak} kB"
+    );
+    assert!(
+        now <= base + (peak - base) / 3,
+        "RSS stayed at {now} kB after the burst (idle {base} kB, peak {peak} kB)"
+    );
+}
