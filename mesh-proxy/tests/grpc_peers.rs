@@ -170,11 +170,11 @@ async fn sniffer(app: SocketAddr, frames: Arc<Mutex<Frames>>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut from, _)) = l.accept().await {
+        while let Ok((from, _)) = l.accept().await {
             let frames = frames.clone();
             tokio::spawn(async move {
                 let _ = from.set_nodelay(true);
-                let mut to = TcpStream::connect(app).await.unwrap();
+                let to = TcpStream::connect(app).await.unwrap();
                 let _ = to.set_nodelay(true);
                 let (mut fr, mut fw) = from.into_split();
                 let (mut tr, mut tw) = to.into_split();
