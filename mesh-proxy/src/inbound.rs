@@ -107,10 +107,12 @@ impl Inbound {
     /// HTTP/2 turned back into HTTP/1, errors turned into proxy responses.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         target: SocketAddr,
         ep: &Arc<EndpointHandle>,
     ) -> Response<ProxyBody> {
+        // The loop marker is between proxies; the app never sees it.
+        req.headers_mut().remove(HOPS);
         if let Some(protocol) = forward::upgrade_protocol(&req) {
             return forward::upgrade(&self.client, target, req, protocol)
                 .await
@@ -118,8 +120,6 @@ impl Inbound {
         }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
-        // The loop marker is between proxies; the app never sees it.
-        parts.headers.remove(HOPS);
         if parts.headers.remove(ORIG_PROTO).is_some() {
             // Back to HTTP/1 for the app; the authority travels in the Host header.
             parts.version = Version::HTTP_11;
