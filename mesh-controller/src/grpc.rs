@@ -172,6 +172,34 @@ pub struct InboundSvc {
     pub index: Arc<Index>,
 }
 
+/// Streams the latest value of `watch` as messages: the current one at once, then one per
+/// change (a slow client skips states), until the client goes away.
+fn stream_latest<T, M>(
+    mut watch: tokio::sync::watch::Receiver<T>,
+    open: OpenStream,
+    to_msg: fn(&T) -> M,
+) -> Response<Stream<M>>
+where
+    T: Send + Sync + 'static,
+    M: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let msg = to_msg(&watch.borrow_and_update());
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+            open.sent();
+            tokio::select! {
+                changed = watch.changed() => if changed.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Response::new(ReceiverStream::new(rx))
+}
+
 fn inbound_msg(s: &InboundState) -> pb::InboundPolicy {
     pb::InboundPolicy {
         server: s.server.clone(),
@@ -198,23 +226,12 @@ impl pb::inbound_server::Inbound for InboundSvc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let key = InboundKey::parse(&req.workload, req.port).map_err(Status::invalid_argument)?;
-        let (tx, rx) = mpsc::channel(4);
         let open = OpenStream::new(self.index.metrics.clone(), "inbound");
-        let mut watch = self.index.watch_inbound(key);
-        tokio::spawn(async move {
-            loop {
-                let msg = inbound_msg(&watch.borrow_and_update());
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-                open.sent();
-                tokio::select! {
-                    changed = watch.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(stream_latest(
+            self.index.watch_inbound(key),
+            open,
+            inbound_msg,
+        ))
     }
 
     type WatchWorkloadStream = Stream<pb::WorkloadPolicy>;
@@ -225,23 +242,12 @@ impl pb::inbound_server::Inbound for InboundSvc {
     ) -> Result<Response<Self::WatchWorkloadStream>, Status> {
         let req = req.into_inner();
         let key = WorkloadKey::parse(&req.workload).map_err(Status::invalid_argument)?;
-        let (tx, rx) = mpsc::channel(4);
         let open = OpenStream::new(self.index.metrics.clone(), "inbound_workload");
-        let mut watch = self.index.watch_workload(key);
-        tokio::spawn(async move {
-            loop {
-                let msg = workload_msg(&watch.borrow_and_update());
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-                open.sent();
-                tokio::select! {
-                    changed = watch.changed() => if changed.is_err() { return },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(stream_latest(
+            self.index.watch_workload(key),
+            open,
+            workload_msg,
+        ))
     }
 }
 
