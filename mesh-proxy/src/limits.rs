@@ -69,7 +69,8 @@ impl EndpointSlots {
     }
 
     /// Connections open to `addr`.
-    pub fn open(&self, addr: SocketAddr) -> usize {
+    #[cfg(test)]
+    fn open(&self, addr: SocketAddr) -> usize {
         self.open
             .lock()
             .ok()

@@ -102,14 +102,6 @@ pub struct LoopGuard {
 }
 
 impl LoopGuard {
-    /// A guard that allows everything (tests, tools).
-    pub fn none() -> Self {
-        Self {
-            addrs: SelfAddrs::new(Vec::new()),
-            forbidden: Vec::new(),
-        }
-    }
-
     pub fn check(&self, addr: SocketAddr) -> Result<(), ProxyError> {
         if self.addrs.reaches(&self.forbidden, addr) {
             return Err(ProxyError::Loop(LoopKind::OwnListener(addr)));
