@@ -684,21 +684,27 @@ mesh_services() {
 }
 
 start_mesh-1hop() {
-    if [[ $(type -t "start_${SUITE}_mesh-1hop") == function ]]; then
-        "start_${SUITE}_mesh-1hop" # the tcp suite's own one hop
-        return
+    local cfg=$WORK_DIR/mesh-1hop.yaml port=$MESH1_OUT label="mesh-proxy, 1 hop"
+    local fails="mesh-proxy does not route $HOST_HEADER to the upstream"
+    if [[ $SUITE == tcp ]]; then
+        # Opaque TCP has no Host header, so explicit mode cannot route it: one hop is the
+        # proxy's inbound listener (protocol detection; redis clients speak first) forwarding
+        # to redis. Without an original destination (iptables) an outbound opaque
+        # connection has nowhere to go.
+        printf 'services: []\n' >"$cfg"
+        port=$MESH1_IN label="mesh-proxy, 1 hop (inbound, detected)"
+        fails="mesh-proxy's inbound listener does not forward to redis"
+    else
+        {
+            echo "# one hop: the outbound side connects straight to the upstream"
+            mesh_services ""
+        } >"$cfg"
     fi
-    local cfg=$WORK_DIR/mesh-1hop.yaml
-    {
-        echo "# one hop: the outbound side connects straight to the upstream"
-        mesh_services ""
-    } >"$cfg"
     start_mesh_proxy mesh-1hop "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" "$cfg"
     TARGET_PIDS=("$REPLY")
-    TARGET_PORT=$MESH1_OUT
-    TARGET_LABEL="mesh-proxy, 1 hop"
-    target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-1hop.log" ||
-        die "mesh-proxy does not route $HOST_HEADER to the upstream"
+    TARGET_PORT=$port
+    TARGET_LABEL=$label
+    target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-1hop.log" || die "$fails"
 }
 
 start_mesh-2hop() {

@@ -375,20 +375,6 @@ run_tcp_suite() {
     UPSTREAM_PIDS=()
 }
 
-# One hop of opaque TCP: the client connects to the proxy's inbound listener, which forwards
-# to MESH_PROXY_INBOUND_FORWARD (redis). The outbound listener cannot be used: without an
-# original destination (iptables) an opaque connection has nowhere to go.
-start_tcp_mesh-1hop() {
-    local cfg=$WORK_DIR/mesh-1hop.yaml
-    printf 'services: []\n' >"$cfg"
-    start_mesh_proxy mesh-1hop "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" "$cfg"
-    TARGET_PIDS=("$REPLY")
-    TARGET_PORT=$MESH1_IN
-    TARGET_LABEL="mesh-proxy, 1 hop (inbound, detected)"
-    target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-1hop.log" ||
-        die "mesh-proxy's inbound listener does not forward to redis"
-}
-
 # Two hops of opaque TCP need transparent mode. In a network namespace of our own:
 #   redis-benchmark -> 10.201.0.2:6379 (a "Service" address, routed out of a veth that leads
 #   nowhere) -> iptables REDIRECT (mesh-proxy init) -> client sidecar's outbound listener
