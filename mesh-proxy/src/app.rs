@@ -61,6 +61,13 @@ async fn bind(addr: SocketAddr, what: &str, var: &str) -> anyhow::Result<TcpList
 pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let mut inbound_policy = InboundPolicies::none();
+    let mut identity = None;
+    let trust_domain = cfg
+        .identity
+        .as_ref()
+        .map_or("cluster.local".to_string(), |i| {
+            i.identity.trust_domain().to_string()
+        });
     let (resolver, ready): (Arc<dyn Resolve>, Arc<dyn Fn() -> bool + Send + Sync>) = match &cfg
         .discovery
     {
@@ -72,11 +79,29 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         ),
         DiscoverySource::Controller(uri) => {
             let r = ControllerResolver::new(uri.clone(), cfg.workload.clone(), metrics.clone())?;
-            inbound_policy = InboundPolicies::from_controller(r.channel(), cfg.workload.clone());
+            inbound_policy = InboundPolicies::from_controller(
+                r.channel(),
+                cfg.workload.clone(),
+                trust_domain.clone(),
+            );
+            if let Some(settings) = &cfg.identity {
+                identity = Some(crate::identity::start(
+                    r.channel(),
+                    settings.clone(),
+                    metrics.clone(),
+                )?);
+            }
             let probe = r.clone();
             let policies = inbound_policy.clone();
-            // Ready once the controller answered and the inbound ports' policy is known.
-            (r, Arc::new(move || probe.connected() && policies.loaded()))
+            let id = identity.clone();
+            // Ready once the controller answered, the inbound ports' policy is known and,
+            // with an identity, the first certificate and the trust bundle arrived.
+            (
+                r,
+                Arc::new(move || {
+                    probe.connected() && policies.loaded() && id.as_ref().is_none_or(|i| i.ready())
+                }),
+            )
         }
     };
     if matches!(cfg.discovery, DiscoverySource::None) {
@@ -103,12 +128,16 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         h2: cfg.h2,
         max_connections_per_endpoint: cfg.max_connections_per_endpoint,
     };
-    let out_client = Arc::new(Client::new(
+    let mut out_client = Client::new(
         &settings,
         own.guard(&[1]),
         metrics.clone(),
         Direction::Outbound,
-    ));
+    );
+    if let Some(id) = &identity {
+        out_client = out_client.with_tls(id.creds.clone());
+    }
+    let out_client = Arc::new(out_client);
     let in_client = Arc::new(Client::new(
         &settings,
         own.guard(&[]),
@@ -120,12 +149,16 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         out_client,
         metrics.clone(),
         cfg.discovery_timeout,
+        inbound_policy.clone(),
     ));
     let inbound = Arc::new(Inbound::new(
         in_client,
         metrics.clone(),
         cfg.inbound_forward,
+        inbound_policy.clone(),
+        identity.as_ref().map(|i| i.creds.identity()),
     ));
+    let tls_server = identity.as_ref().map(|i| i.creds.server_config());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let grace = cfg.shutdown_grace;
@@ -137,6 +170,7 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
         outbound,
         inbound,
         inbound_policy,
+        tls_server,
         shutdown: shutdown_rx.clone(),
     });
     let tracker = Arc::new(());

@@ -125,6 +125,17 @@ impl EndpointHandle {
         }
     }
 
+    /// mTLS to this endpoint: when discovery names its identity (a proxy fronts it).
+    pub fn tls(&self) -> Option<crate::client::TlsTo<'_>> {
+        self.endpoint
+            .identity
+            .as_ref()
+            .map(|identity| crate::client::TlsTo {
+                identity,
+                port: self.endpoint.addr.port(),
+            })
+    }
+
     /// Whether another mesh proxy fronts this endpoint (requests go over HTTP/2).
     pub fn is_meshed(&self) -> bool {
         matches!(self.endpoint.hint, ProtocolHint::MeshedH2 { .. })

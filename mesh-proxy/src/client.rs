@@ -24,6 +24,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use mesh_core::Identity;
+use mesh_identity::tls::Credentials;
+use mesh_proto::v1::Protocol;
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
@@ -31,7 +34,8 @@ use crate::config::H2Settings;
 use crate::error::ProxyError;
 use crate::limits::{EndpointSlot, EndpointSlots};
 use crate::loops::LoopGuard;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, Metrics, TlsFailureLabels};
+use crate::tls::{self, Io};
 
 /// A failed send. `request` is given back when it never left the proxy (the connection
 /// could not be made), so it can be sent to another endpoint.
@@ -78,6 +82,15 @@ pub struct Client {
     slots: EndpointSlots,
     metrics: Arc<Metrics>,
     direction: Direction,
+    /// Outbound with an identity: mTLS to endpoints that have one.
+    tls: Option<Credentials>,
+}
+
+/// mTLS to a meshed endpoint: the identity it must prove and its app port.
+#[derive(Clone, Copy)]
+pub struct TlsTo<'a> {
+    pub identity: &'a Identity,
+    pub port: u16,
 }
 
 /// The connections of one endpoint.
@@ -102,15 +115,78 @@ impl Client {
             slots: EndpointSlots::new(settings.max_connections_per_endpoint),
             metrics,
             direction,
+            tls: None,
         }
+    }
+
+    /// Connections to endpoints with an identity use mTLS with these credentials.
+    pub fn with_tls(mut self, creds: Credentials) -> Self {
+        self.tls = Some(creds);
+        self
+    }
+
+    /// The credentials of this client, when it speaks mTLS.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.tls.as_ref()
+    }
+
+    /// Opens a connection to `addr`: TCP, then mTLS carrying `protocol` when `tls` names the
+    /// endpoint's identity and this client has credentials. The connect timeout covers both.
+    pub(crate) async fn connect(
+        &self,
+        addr: SocketAddr,
+        tls: Option<TlsTo<'_>>,
+        protocol: Protocol,
+    ) -> Result<(Io, EndpointSlot), ProxyError> {
+        let (stream, slot) = self.connect_tcp(addr).await?;
+        let (Some(to), Some(creds)) = (tls, self.tls.as_ref()) else {
+            return Ok((Io::Plain(stream), slot));
+        };
+        if !creds.is_ready() {
+            self.tls_failed("no_certificate");
+            return Err(ProxyError::Connect {
+                addr,
+                source: "this proxy has no certificate yet (see its log and /ready)".into(),
+            });
+        }
+        let handshake = tls::connect(creds, stream, to.identity, to.port, protocol);
+        match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Ok(Ok(io)) => Ok((io, slot)),
+            Ok(Err(e)) => {
+                let reason = tls::failure_reason(&e);
+                self.tls_failed(reason);
+                Err(ProxyError::Connect {
+                    addr,
+                    source: format!("mTLS with {} failed: {e}", to.identity).into(),
+                })
+            }
+            Err(_) => {
+                self.tls_failed("timeout");
+                Err(ProxyError::Connect {
+                    addr,
+                    source: format!(
+                        "mTLS handshake with {} timed out after {:?}",
+                        to.identity, self.connect_timeout
+                    )
+                    .into(),
+                })
+            }
+        }
+    }
+
+    fn tls_failed(&self, reason: &'static str) {
+        self.metrics
+            .tls_failures
+            .get_or_create(&TlsFailureLabels {
+                direction: self.direction,
+                reason,
+            })
+            .inc();
     }
 
     /// Opens a TCP connection to `addr`, unless it is one of the proxy's own listeners or the
     /// endpoint's connection limit is reached. The slot must live as long as the connection.
-    pub(crate) async fn connect(
-        &self,
-        addr: SocketAddr,
-    ) -> Result<(TcpStream, EndpointSlot), ProxyError> {
+    async fn connect_tcp(&self, addr: SocketAddr) -> Result<(TcpStream, EndpointSlot), ProxyError> {
         if let Err(e) = self.guard.check(addr) {
             self.metrics.refused(self.direction, "loop");
             return Err(e);
@@ -140,8 +216,9 @@ impl Client {
     async fn connect_h1(
         &self,
         addr: SocketAddr,
+        tls: Option<TlsTo<'_>>,
     ) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
-        let (stream, slot) = self.connect(addr).await?;
+        let (stream, slot) = self.connect(addr, tls, Protocol::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -181,6 +258,7 @@ impl Client {
         &self,
         conns: &Conns,
         addr: SocketAddr,
+        tls: Option<TlsTo<'_>>,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let mut req = req;
@@ -203,7 +281,7 @@ impl Client {
                 },
             }
         }
-        let mut sender = match self.connect_h1(addr).await {
+        let mut sender = match self.connect_h1(addr, tls).await {
             Ok(s) => s,
             Err(error) => {
                 return Err(SendError {
@@ -232,6 +310,7 @@ impl Client {
         conns: &Conns,
         addr: SocketAddr,
         peer: Peer,
+        tls: Option<TlsTo<'_>>,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, SendError> {
         let existing = conns
@@ -242,7 +321,7 @@ impl Client {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let s = match self.connect_h2(addr, peer).await {
+                let s = match self.connect_h2(addr, peer, tls).await {
                     Ok(s) => s,
                     Err(error) => {
                         return Err(SendError {
@@ -285,8 +364,9 @@ impl Client {
         &self,
         addr: SocketAddr,
         peer: Peer,
+        tls: Option<TlsTo<'_>>,
     ) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
-        let (stream, slot) = self.connect(addr).await?;
+        let (stream, slot) = self.connect(addr, tls, Protocol::Http2).await?;
         let (interval, while_idle) = self.h2.keepalive(peer);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

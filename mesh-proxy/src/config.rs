@@ -133,6 +133,15 @@ pub struct RawConfig {
     /// one, the proxy runs a single-threaded runtime (no work-stealing overhead).
     #[arg(long, env = "MESH_PROXY_WORKER_THREADS", default_value = "auto")]
     pub worker_threads: Option<String>,
+    /// The workload's identity, a SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>). Set,
+    /// the proxy obtains a certificate from the controller and speaks mTLS with other
+    /// proxies; unset, it speaks plaintext only.
+    #[arg(long, env = "MESH_PROXY_IDENTITY")]
+    pub identity: Option<String>,
+    /// File with the proof of identity: the projected service-account token (Kubernetes)
+    /// or the join token (local mode). Re-read before each certificate request.
+    #[arg(long, env = "MESH_PROXY_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +183,8 @@ pub struct Config {
     pub inbound_max_connections: usize,
     pub max_connections_per_endpoint: usize,
     pub h2: H2Settings,
+    /// mTLS identity; `None`: plaintext only.
+    pub identity: Option<crate::identity::IdentitySettings>,
 }
 
 /// HTTP/2 keep-alive, per kind of peer.
@@ -476,6 +487,37 @@ impl Config {
         if let Err(e) = check_workload(&workload) {
             c.errors.push(e);
         }
+        let identity = match raw.identity.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(id) => match mesh_core::Identity::parse(id) {
+                Err(e) => {
+                    c.errors.push(format!(
+                        "MESH_PROXY_IDENTITY='{id}': {e}; use spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+                    ));
+                    None
+                }
+                Ok(identity) => {
+                    if !matches!(discovery, DiscoverySource::Controller(_)) {
+                        c.errors.push(
+                            "MESH_PROXY_IDENTITY needs a controller to certify it: set MESH_PROXY_CONTROLLER_ADDR (or unset MESH_PROXY_IDENTITY for plaintext)".into(),
+                        );
+                    }
+                    match raw.identity_token_file.as_deref().map(str::trim) {
+                        None | Some("") => {
+                            c.errors.push(
+                                "MESH_PROXY_IDENTITY is set but MESH_PROXY_IDENTITY_TOKEN_FILE is not: name the file with the service-account or join token".into(),
+                            );
+                            None
+                        }
+                        Some(f) => Some(crate::identity::IdentitySettings {
+                            identity,
+                            token_file: PathBuf::from(f),
+                            workload: workload.clone(),
+                        }),
+                    }
+                }
+            },
+        };
         let listeners = [
             ("outbound", outbound_addr),
             ("inbound", inbound_addr),
@@ -534,6 +576,7 @@ impl Config {
                     .unwrap_or(h2_default.app_keepalive_while_idle),
                 keepalive_timeout: or(keepalive_timeout, h2_default.keepalive_timeout),
             },
+            identity,
         })
     }
 }

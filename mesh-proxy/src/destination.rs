@@ -80,6 +80,9 @@ pub struct Destination {
     budget: ArcSwap<RetryBudget>,
     /// Where the balancer's ejections are counted (its series is created on first use).
     ejections: Family<AuthorityLabels, Counter>,
+    /// The identity of the endpoints, for metrics: the one they share, `""` for none,
+    /// `mixed` when they differ.
+    server_id: ArcSwap<Str>,
 }
 
 impl Destination {
@@ -96,6 +99,7 @@ impl Destination {
             balancer: Balancer::default(),
             budget: ArcSwap::from_pointee(budget),
             ejections: metrics.endpoint_ejections.clone(),
+            server_id: ArcSwap::from_pointee(Str::from("")),
         }
     }
 
@@ -126,7 +130,32 @@ impl Destination {
         self.budget.load_full()
     }
 
+    /// The endpoints' identity label.
+    pub fn server_id(&self) -> Str {
+        Str::clone(&self.server_id.load())
+    }
+
+    fn update_server_id(&self) {
+        let eps = self.balancer.snapshot();
+        let mut ids = eps.iter().map(|e| e.endpoint.identity.as_ref());
+        let first = ids.next().flatten();
+        let same = eps.iter().all(|e| e.endpoint.identity.as_ref() == first);
+        let label = match (first, same) {
+            (_, false) => "mixed",
+            (Some(id), true) => id.as_str(),
+            (None, true) => "",
+        };
+        if self.server_id.load().0.as_ref() != label {
+            self.server_id.store(Arc::new(Str::from(label)));
+        }
+    }
+
     pub fn apply(&self, update: Update) {
+        self.apply_inner(update);
+        self.update_server_id();
+    }
+
+    fn apply_inner(&self, update: Update) {
         match update {
             Update::State { profile, endpoints } => {
                 self.set_profile(profile);

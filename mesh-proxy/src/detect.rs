@@ -110,7 +110,23 @@ pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: Duration,
 ) -> io::Result<(Protocol, BytesMut)> {
-    let mut buf = BytesMut::with_capacity(1024);
+    detect_from(io, BytesMut::with_capacity(1024), timeout).await
+}
+
+/// [`detect`], starting with bytes already read from `io` (`buf`).
+pub async fn detect_from<I: AsyncRead + Unpin>(
+    io: &mut I,
+    mut buf: BytesMut,
+    timeout: Duration,
+) -> io::Result<(Protocol, BytesMut)> {
+    if !buf.is_empty() {
+        if let Verdict::Is(p) = classify(&buf) {
+            return Ok((p, buf));
+        }
+    }
+    if buf.capacity() < 1024 {
+        buf.reserve(1024);
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {

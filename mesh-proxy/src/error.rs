@@ -34,6 +34,8 @@ pub enum ProxyError {
     NoDestination,
     #[error("loop detected: {0}")]
     Loop(crate::loops::LoopKind),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     #[error("connection limit reached: {open} connections to {addr} are open (MESH_PROXY_MAX_CONNECTIONS_PER_ENDPOINT)")]
     EndpointLimit { addr: SocketAddr, open: usize },
 }
@@ -50,6 +52,7 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_) | ProxyError::NoDestination => StatusCode::BAD_REQUEST,
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::EndpointLimit { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

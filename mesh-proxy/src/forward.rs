@@ -239,7 +239,9 @@ pub async fn send(
         }
         req.headers_mut().remove(HOST);
         let peer = if meshed { Peer::Proxy } else { Peer::App };
-        client.send_h2(&ep.conns, ep.connect_addr, peer, req).await
+        client
+            .send_h2(&ep.conns, ep.connect_addr, peer, ep.tls(), req)
+            .await
     } else {
         if !req.headers().contains_key(HOST) {
             if let Some(a) = req.uri().authority() {
@@ -249,7 +251,9 @@ pub async fn send(
             }
         }
         to_origin_form(req.uri_mut());
-        client.send_h1(&ep.conns, ep.connect_addr, req).await
+        client
+            .send_h1(&ep.conns, ep.connect_addr, ep.tls(), req)
+            .await
     }
 }
 
@@ -325,6 +329,7 @@ pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 pub async fn upgrade(
     client: &Client,
     addr: SocketAddr,
+    tls: Option<crate::client::TlsTo<'_>>,
     mut req: Request<Incoming>,
     protocol: HeaderValue,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -338,7 +343,9 @@ pub async fn upgrade(
     parts.headers.insert(UPGRADE, protocol);
     to_origin_form(&mut parts.uri);
     let req = Request::from_parts(parts, ProxyBody::Incoming(body));
-    let (stream, slot) = client.connect(addr).await?;
+    let (stream, slot) = client
+        .connect(addr, tls, mesh_proto::v1::Protocol::Http1)
+        .await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod budget;
@@ -16,6 +17,7 @@ pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod identity;
 pub mod inbound;
 pub mod init;
 pub mod limits;
@@ -28,3 +30,4 @@ pub mod retry;
 pub mod serve;
 pub mod tcp;
 pub mod timeout;
+pub mod tls;

@@ -67,6 +67,10 @@ pub struct RequestLabels {
     pub route: Str,
     pub status_code: u16,
     pub classification: Class,
+    /// The calling workload's identity (`""`: plaintext or no identity).
+    pub client_id: Str,
+    /// The called workload's identity (`""`: not meshed or unknown).
+    pub server_id: Str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -94,6 +98,36 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsFailureLabels {
+    pub direction: Direction,
+    /// Outbound: `identity_mismatch`, `invalid_certificate`, `timeout`, `handshake`, `no_certificate`.
+    /// Inbound: `plaintext_refused`, `no_client_certificate`, `handshake`, `timeout`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub direction: Direction,
+    /// The server (port policy) or, outbound, the egress policy.
+    pub server: Str,
+    /// The rule (`<ns>/<policy>/<rule>`) or `default:<policy>` that decided.
+    pub policy: Str,
+    /// The route of the request (`""` for TCP connections): `METHOD path`... kept to the
+    /// path's first segment for bounded cardinality.
+    pub route: Str,
+    /// `unauthenticated`, `unauthorized`, `default_deny` or `egress`.
+    pub reason: &'static str,
+    /// `deny` (enforced) or `would-deny` (audit).
+    pub action: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new([
         0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -114,6 +148,21 @@ pub struct Metrics {
     pub discovery_errors: Counter,
     pub endpoint_ejections: Family<AuthorityLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
+    pub identity_renewals: Family<ResultLabels, Counter>,
+    pub identity_expiry: Gauge,
+    pub identity_bundle_updates: Counter,
+    pub tls_failures: Family<TlsFailureLabels, Counter>,
+    pub tls_connections: Family<TlsConnLabels, Counter>,
+    pub authz_denials: Family<AuthzLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsConnLabels {
+    pub direction: Direction,
+    /// Outbound: the server's identity; inbound: the client's (`""`: plaintext client).
+    pub peer_id: Str,
+    /// `true` for mTLS.
+    pub tls: &'static str,
 }
 
 impl Default for Metrics {
@@ -195,7 +244,49 @@ impl Metrics {
             "Connections and requests refused by a limit or as a loop, by direction and reason",
             connections_refused.clone(),
         );
+        let identity_renewals = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "identity_certificate_requests",
+            "Certificate requests to the controller (first certificate and renewals), by result",
+            identity_renewals.clone(),
+        );
+        let identity_expiry = Gauge::default();
+        registry.register(
+            "identity_certificate_expiry_timestamp_seconds",
+            "Expiry of the proxy's current certificate, seconds since the Unix epoch (0: none yet)",
+            identity_expiry.clone(),
+        );
+        let identity_bundle_updates = Counter::default();
+        registry.register(
+            "identity_trust_bundle_updates",
+            "Trust bundles received from the controller and applied",
+            identity_bundle_updates.clone(),
+        );
+        let tls_failures = Family::<TlsFailureLabels, Counter>::default();
+        registry.register(
+            "tls_failures",
+            "mTLS connections that failed or were refused, by direction and reason",
+            tls_failures.clone(),
+        );
+        let tls_connections = Family::<TlsConnLabels, Counter>::default();
+        registry.register(
+            "peer_connections",
+            "Connections to (outbound) or from (inbound) other proxies and apps, by peer identity and whether they were mTLS",
+            tls_connections.clone(),
+        );
+        let authz_denials = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "authorization_denials",
+            "Requests and connections denied (action=deny) or that audit mode would deny (action=would-deny)",
+            authz_denials.clone(),
+        );
         Self {
+            identity_renewals,
+            identity_expiry,
+            identity_bundle_updates,
+            tls_failures,
+            tls_connections,
+            authz_denials,
             registry,
             requests,
             latency,
@@ -216,6 +307,33 @@ impl Metrics {
     pub fn refused(&self, direction: Direction, reason: &'static str) {
         self.connections_refused
             .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
+    }
+
+    /// Counts one failed or refused mTLS connection.
+    pub fn tls_failed(&self, direction: Direction, reason: &'static str) {
+        self.tls_failures
+            .get_or_create(&TlsFailureLabels { direction, reason })
+            .inc();
+    }
+
+    /// Counts one connection with a peer, by its identity (`None`: no certificate).
+    pub fn peer_connection(
+        &self,
+        direction: Direction,
+        peer: Option<&mesh_core::Identity>,
+        tls: bool,
+    ) {
+        let peer_id = match peer {
+            Some(id) => Str::from(id.as_str()),
+            None => Str::from(""),
+        };
+        self.tls_connections
+            .get_or_create(&TlsConnLabels {
+                direction,
+                peer_id,
+                tls: if tls { "true" } else { "false" },
+            })
             .inc();
     }
 

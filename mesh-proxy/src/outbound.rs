@@ -21,6 +21,7 @@ use crate::balance::EndpointHandle;
 use crate::body::{GrpcBody, ProxyBody, ReplayBody};
 use crate::client::Client;
 use crate::destination::{Destination, Destinations, Resolution};
+use crate::discovery::inbound_policy::InboundPolicies;
 use crate::error::ProxyError;
 use crate::forward::{self, Forward};
 use crate::loops::HopMarker;
@@ -38,12 +39,18 @@ pub struct Outbound {
     default_route: Str,
     passthrough_route: Str,
     unknown: Str,
+    /// This proxy's identity, for metrics (`""` without one).
+    own_id: Str,
+    no_id: Str,
+    /// Egress policy (from the workload's inbound policy stream).
+    policies: Arc<InboundPolicies>,
 }
 
 /// What the router decided, for metrics.
 struct Routed {
     authority: Str,
     route: Str,
+    server_id: Option<Str>,
 }
 
 impl Outbound {
@@ -52,8 +59,15 @@ impl Outbound {
         client: Arc<Client>,
         metrics: Arc<Metrics>,
         discovery_timeout: Duration,
+        policies: Arc<InboundPolicies>,
     ) -> Self {
+        let own_id = client
+            .credentials()
+            .map_or_else(|| Str::from(""), |c| Str::from(c.identity().as_str()));
         Self {
+            own_id,
+            no_id: Str::from(""),
+            policies,
             dests,
             client,
             metrics,
@@ -84,12 +98,15 @@ impl Outbound {
         let routed = routed.unwrap_or_else(|| Routed {
             authority: self.unknown.clone(),
             route: self.default_route.clone(),
+            server_id: None,
         });
         record(
             &self.metrics,
             Direction::Outbound,
             routed.authority,
             routed.route,
+            self.own_id.clone(),
+            routed.server_id.unwrap_or_else(|| self.no_id.clone()),
             rsp,
             start,
         )
@@ -144,6 +161,7 @@ impl Outbound {
         *routed = Some(Routed {
             authority: dest.label.clone(),
             route: route_label.clone(),
+            server_id: Some(dest.server_id()),
         });
         // The route's header modifier, parsed when the profile arrived.
         if let Some(ops) = route_idx.and_then(|i| profile.request_headers.get(i)) {
@@ -167,7 +185,7 @@ impl Outbound {
                 .balancer
                 .pick()
                 .ok_or_else(|| ProxyError::NoEndpoints(backend.authority.to_string()))?;
-            return forward::upgrade(&self.client, ep.connect_addr, req, protocol).await;
+            return forward::upgrade(&self.client, ep.connect_addr, ep.tls(), req, protocol).await;
         }
 
         let policy_ref = match route_idx {
@@ -223,13 +241,22 @@ impl Outbound {
         orig_dst: Option<SocketAddr>,
         routed: &mut Option<Routed>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Some(orig) = orig_dst {
+            let host = forward::request_authority(&req).map(crate::authz::host_of);
+            if !self.allow_egress(host, orig) {
+                return Err(ProxyError::Forbidden(
+                    "egress policy denies this destination",
+                ));
+            }
+        }
         let upgrade = forward::upgrade_protocol(&req);
         if let (Some(protocol), Some(orig)) = (upgrade.clone(), orig_dst) {
             *routed = Some(Routed {
                 authority: self.dests.for_addr(orig).label.clone(),
                 route: self.passthrough_route.clone(),
+                server_id: None,
             });
-            return forward::upgrade(&self.client, orig, req, protocol).await;
+            return forward::upgrade(&self.client, orig, None, req, protocol).await;
         }
         let (mut parts, body) = req.into_parts();
         forward::strip_hop_by_hop(&mut parts.headers);
@@ -240,6 +267,7 @@ impl Outbound {
                 *routed = Some(Routed {
                     authority: self.dests.for_addr(orig).label.clone(),
                     route: self.passthrough_route.clone(),
+                    server_id: None,
                 });
                 let rsp = forward::send(&self.client, &ep, req)
                     .await
@@ -261,8 +289,10 @@ impl Outbound {
                 *routed = Some(Routed {
                     authority: dest.label.clone(),
                     route: self.passthrough_route.clone(),
+                    server_id: None,
                 });
                 let name = dest.authority.as_str();
+                let host = Some(dest.authority.host());
                 let addr = match dest.authority.socket_addr() {
                     Some(a) => a,
                     None => tokio::net::lookup_host(name)
@@ -274,6 +304,11 @@ impl Outbound {
                             source: "the name does not resolve (DNS)".into(),
                         })?,
                 };
+                if !self.allow_egress(host, addr) {
+                    return Err(ProxyError::Forbidden(
+                        "egress policy denies this destination",
+                    ));
+                }
                 let ep = self.passthrough_endpoint(addr);
                 let rsp = forward::send(&self.client, &ep, req)
                     .await
@@ -281,6 +316,24 @@ impl Outbound {
                 Ok(rsp.map(ProxyBody::Incoming))
             }
         }
+    }
+
+    /// Whether the workload's egress policy lets it reach `addr` (named `host`) outside the
+    /// mesh. Denials and audit-mode would-be denials are counted and logged.
+    pub fn allow_egress(&self, host: Option<&str>, addr: SocketAddr) -> bool {
+        let policy = self.policies.workload();
+        let Some(egress) = policy.egress.as_ref() else {
+            return true;
+        };
+        let verdict = egress.check(host, addr.ip());
+        crate::authz::report(
+            &self.metrics,
+            Direction::Outbound,
+            &self.policies.egress_label(),
+            None,
+            &verdict,
+            || format!("egress to {} ({addr})", host.unwrap_or("-")),
+        )
     }
 
     fn passthrough_endpoint(&self, addr: SocketAddr) -> Arc<EndpointHandle> {
@@ -311,11 +364,14 @@ fn body_is_empty(b: &Incoming) -> bool {
 
 /// Records the golden metrics of one request. A gRPC response whose status is not in its
 /// headers is counted when its trailers arrive (its body is wrapped for that).
+#[allow(clippy::too_many_arguments)]
 pub fn record(
     metrics: &Arc<Metrics>,
     direction: Direction,
     authority: Str,
     route: Str,
+    client_id: Str,
+    server_id: Str,
     rsp: Response<ProxyBody>,
     start: Instant,
 ) -> Response<ProxyBody> {
@@ -347,6 +403,8 @@ pub fn record(
         route: route_labels.route,
         status_code: status.as_u16(),
         classification,
+        client_id,
+        server_id,
     };
     if status_in_trailers {
         let (parts, body) = rsp.into_parts();

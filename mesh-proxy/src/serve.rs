@@ -33,10 +33,15 @@ use crate::config::Config;
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::discovery::inbound_policy::InboundPolicies;
 use crate::inbound::Inbound;
+use crate::inbound::InboundConn;
 use crate::limits::Slots;
 use crate::metrics::{ConnLabels, Direction, Metrics};
 use crate::outbound::Outbound;
 use crate::tcp;
+use crate::tls::{self, Io, Sniffed};
+use mesh_core::authz::InboundTls;
+use mesh_core::AppProtocol;
+use mesh_proto::v1 as pb;
 
 /// Shared by every connection task.
 pub struct Ctx {
@@ -45,6 +50,8 @@ pub struct Ctx {
     pub outbound: Arc<Outbound>,
     pub inbound: Arc<Inbound>,
     pub inbound_policy: Arc<InboundPolicies>,
+    /// Inbound mTLS termination (the proxy has an identity).
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     pub shutdown: watch::Receiver<bool>,
     pub limits: ListenerLimits,
 }
@@ -154,7 +161,7 @@ async fn serve_connection(
     peer: SocketAddr,
     direction: Direction,
     ctx: Arc<Ctx>,
-    mut permits: Permits,
+    permits: Permits,
 ) {
     let _ = stream.set_nodelay(true);
     let orig_dst = crate::orig_dst::original_dst(&stream);
@@ -163,11 +170,46 @@ async fn serve_connection(
         Direction::Inbound => ctx.inbound.target(orig_dst).map(|a| a.port()),
         Direction::Outbound => orig_dst.map(|a| a.port()),
     };
-    let mut opaque_port = port.is_some_and(|p| {
-        ctx.cfg.opaque_ports.binary_search(&p).is_ok()
-            || (direction == Direction::Inbound
-                && ctx.inbound_policy.protocol(p) == mesh_proto::v1::Protocol::Opaque)
-    });
+    let mut prefix = bytes::BytesMut::new();
+    let mut silent = false;
+    if direction == Direction::Inbound {
+        let policy = ctx.inbound_policy.port(port.unwrap_or(0));
+        if let (Some(config), false) = (&ctx.tls_server, policy.tls == InboundTls::Disabled) {
+            // Meshed clients speak first (a ClientHello); silence is plaintext.
+            prefix.reserve(1024);
+            match tls::sniff(&mut stream, &mut prefix, ctx.cfg.detect_timeout).await {
+                Ok(Sniffed::Mesh) => {
+                    let accepted =
+                        tls::accept(config.clone(), stream, prefix, ctx.cfg.header_read_timeout)
+                            .await;
+                    match accepted {
+                        Ok(a) => serve_meshed(a, peer, orig_dst, ctx, permits).await,
+                        Err(e) => {
+                            ctx.metrics.tls_failed(direction, inbound_tls_reason(&e));
+                            tracing::debug!(%peer, error = %e, "inbound mTLS handshake failed");
+                        }
+                    }
+                    return;
+                }
+                Ok(_) if policy.tls == InboundTls::Strict => {
+                    ctx.metrics.tls_failed(direction, "plaintext_refused");
+                    tracing::debug!(%peer, port, "plaintext connection to a strict mTLS port; closing");
+                    return;
+                }
+                Ok(_) => silent = prefix.is_empty(),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection failed before its first bytes");
+                    return;
+                }
+            }
+        }
+    }
+    let mut opaque_port = silent
+        || port.is_some_and(|p| {
+            ctx.cfg.opaque_ports.binary_search(&p).is_ok()
+                || (direction == Direction::Inbound
+                    && ctx.inbound_policy.protocol(p) == AppProtocol::Opaque)
+        });
     // Outbound, the destination's endpoints may declare their protocol (a Server or the
     // Service's appProtocol): an opaque one is not detected on this side either.
     if let (false, Direction::Outbound, Some(orig)) = (opaque_port, direction, orig_dst) {
@@ -177,9 +219,9 @@ async fn serve_connection(
         }
     }
     let (protocol, prefix) = if opaque_port {
-        (Protocol::Opaque, bytes::BytesMut::new())
+        (Protocol::Opaque, prefix)
     } else {
-        match detect::detect(&mut stream, ctx.cfg.detect_timeout).await {
+        match detect::detect_from(&mut stream, prefix, ctx.cfg.detect_timeout).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed during detection");
@@ -187,6 +229,107 @@ async fn serve_connection(
             }
         }
     };
+    let conn = match direction {
+        Direction::Inbound => Some(Arc::new(ctx.inbound.conn(
+            port.unwrap_or(0),
+            orig_dst,
+            peer,
+            None,
+        ))),
+        Direction::Outbound => None,
+    };
+    if direction == Direction::Inbound {
+        ctx.metrics.peer_connection(direction, None, false);
+    }
+    serve_as(
+        Io::Plain(stream),
+        prefix,
+        protocol,
+        peer,
+        orig_dst,
+        direction,
+        conn,
+        ctx,
+        permits,
+    )
+    .await;
+}
+
+fn inbound_tls_reason(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        "timeout"
+    } else {
+        "handshake"
+    }
+}
+
+/// An mTLS connection from another proxy: no detection, the transport header says what it
+/// carries and for which port.
+async fn serve_meshed(
+    accepted: tls::Accepted,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    ctx: Arc<Ctx>,
+    permits: Permits,
+) {
+    let tls::Accepted {
+        io,
+        client,
+        port,
+        protocol,
+    } = accepted;
+    let policy = ctx.inbound_policy.port(port);
+    if client.is_none() && policy.tls == InboundTls::Strict {
+        ctx.metrics
+            .tls_failed(Direction::Inbound, "no_client_certificate");
+        tracing::debug!(%peer, port, "mTLS without a client certificate on a strict port; closing");
+        return;
+    }
+    ctx.metrics
+        .peer_connection(Direction::Inbound, client.as_ref(), true);
+    let conn = Arc::new(ctx.inbound.conn(port, orig_dst, peer, client));
+    let (protocol, prefix, io) = match protocol {
+        pb::Protocol::Http1 => (Protocol::Http1, bytes::BytesMut::new(), io),
+        pb::Protocol::Http2 | pb::Protocol::Grpc => (Protocol::Http2, bytes::BytesMut::new(), io),
+        pb::Protocol::Opaque => (Protocol::Opaque, bytes::BytesMut::new(), io),
+        pb::Protocol::Detect => {
+            let mut io = io;
+            match detect::detect(&mut io, ctx.cfg.detect_timeout).await {
+                Ok((p, prefix)) => (p, prefix, io),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection failed during detection");
+                    return;
+                }
+            }
+        }
+    };
+    serve_as(
+        io,
+        prefix,
+        protocol,
+        peer,
+        orig_dst,
+        Direction::Inbound,
+        Some(conn),
+        ctx,
+        permits,
+    )
+    .await;
+}
+
+/// Serves a connection whose protocol is known.
+#[allow(clippy::too_many_arguments)]
+async fn serve_as(
+    io: Io,
+    prefix: bytes::BytesMut,
+    protocol: Protocol,
+    peer: SocketAddr,
+    orig_dst: Option<SocketAddr>,
+    direction: Direction,
+    conn: Option<Arc<InboundConn>>,
+    ctx: Arc<Ctx>,
+    permits: Permits,
+) {
     let labels = ConnLabels {
         direction,
         protocol: protocol.as_str(),
@@ -197,20 +340,22 @@ async fn serve_connection(
     tracing::trace!(%peer, ?orig_dst, protocol = protocol.as_str(), "accepted");
     match protocol {
         Protocol::Opaque => {
+            let mut permits = permits;
             permits.pending = None;
-            serve_opaque(stream, prefix, orig_dst, direction, &ctx, &labels).await
+            serve_opaque(io, prefix, orig_dst, direction, conn, &ctx, &labels).await;
+            drop(permits);
         }
         Protocol::Http1 | Protocol::Http2 => {
-            let io = PrefixedIo::new(prefix, stream);
-            match direction {
-                Direction::Outbound => {
-                    let outbound = ctx.outbound.clone();
-                    let handler = move |req| outbound.clone().handle(req, orig_dst);
+            let io = PrefixedIo::new(prefix, io);
+            match (direction, conn) {
+                (Direction::Inbound, Some(conn)) => {
+                    let inbound = ctx.inbound.clone();
+                    let handler = move |req| inbound.clone().handle(req, conn.clone());
                     serve_http(io, protocol, handler, &ctx, direction, permits).await
                 }
-                Direction::Inbound => {
-                    let inbound = ctx.inbound.clone();
-                    let handler = move |req| inbound.clone().handle(req, orig_dst);
+                _ => {
+                    let outbound = ctx.outbound.clone();
+                    let handler = move |req| outbound.clone().handle(req, orig_dst);
                     serve_http(io, protocol, handler, &ctx, direction, permits).await
                 }
             }
@@ -220,23 +365,40 @@ async fn serve_connection(
 }
 
 async fn serve_opaque(
-    stream: TcpStream,
+    stream: Io,
     prefix: bytes::BytesMut,
     orig_dst: Option<SocketAddr>,
     direction: Direction,
+    conn: Option<Arc<InboundConn>>,
     ctx: &Ctx,
     labels: &ConnLabels,
 ) {
-    let target = match direction {
-        Direction::Inbound => ctx.inbound.target(orig_dst),
-        Direction::Outbound => match orig_dst {
+    // The endpoint picked outbound (for its identity), or the app's address inbound.
+    let mut endpoint = None;
+    let target = match (direction, &conn) {
+        (Direction::Inbound, Some(conn)) => {
+            if !ctx.inbound.allow_connection(conn) {
+                return;
+            }
+            conn.target
+        }
+        (Direction::Inbound, None) => None,
+        (Direction::Outbound, _) => match orig_dst {
             Some(orig) => match ctx.outbound.tcp_destination(orig).await {
-                Some(dest) => dest
-                    .balancer
-                    .pick()
-                    .map(|ep| ep.connect_addr)
-                    .or(Some(orig)),
-                None => Some(orig),
+                Some(dest) => match dest.balancer.pick() {
+                    Some(ep) => {
+                        let addr = ep.connect_addr;
+                        endpoint = Some(ep);
+                        Some(addr)
+                    }
+                    None => Some(orig),
+                },
+                None => {
+                    if !ctx.outbound.allow_egress(None, orig) {
+                        return;
+                    }
+                    Some(orig)
+                }
             },
             None => None,
         },
@@ -251,7 +413,8 @@ async fn serve_opaque(
         Direction::Inbound => ctx.inbound.client(),
         Direction::Outbound => &ctx.outbound.client,
     };
-    let (server, _slot) = match client.connect(target).await {
+    let tls = endpoint.as_ref().and_then(|e| e.tls());
+    let (server, _slot) = match client.connect(target, tls, pb::Protocol::Opaque).await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%target, error = %e, "opaque connection refused");
@@ -273,7 +436,7 @@ async fn serve_opaque(
 }
 
 async fn serve_http<H, F>(
-    io: PrefixedIo<TcpStream>,
+    io: PrefixedIo<Io>,
     protocol: Protocol,
     handler: H,
     ctx: &Ctx,

@@ -1,5 +1,5 @@
 //! Opaque TCP forwarding: bytes copied both ways (tokio's `copy_bidirectional`, which
-//! handles half-close), with the bytes read during protocol detection replayed first, an
+//! handles half-close) over plaintext or mTLS ([`Io`]), with the bytes read during protocol detection replayed first, an
 //! idle timeout and byte counters.
 //!
 //! The idle timeout costs nothing per read: each read bumps a counter (one relaxed atomic,
@@ -13,19 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::metrics::{ConnLabels, Metrics};
+use crate::tls::Io;
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-
-use crate::metrics::{ConnLabels, Metrics};
 
 /// Copies bytes between `client` and the already connected `server` until both sides are
 /// done or the connection is idle for `idle`.
 pub async fn forward(
-    client: TcpStream,
+    client: Io,
     prefix: BytesMut,
-    mut server: TcpStream,
+    mut server: Io,
     idle: Duration,
     metrics: &Metrics,
     labels: &ConnLabels,
@@ -80,7 +79,7 @@ async fn idle_watch(activity: &AtomicU64, idle: Duration) {
 
 /// A stream whose reads are counted: into a metric, and into the connection's activity.
 struct Counted<'a> {
-    io: TcpStream,
+    io: Io,
     bytes: &'a Counter,
     activity: &'a AtomicU64,
 }

@@ -410,12 +410,18 @@ async fn grpc_failures_in_trailers_eject_and_client_errors_do_not() {
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
     let base = "mesh_proxy_requests_total{direction=\"outbound\",authority=\"grpc.test:50051\",route=\"default\",status_code=\"200\",classification=";
     assert_eq!(
-        metric(&m, &format!("{base}\"success\"}}")),
+        metric(
+            &m,
+            &format!("{base}\"success\",client_id=\"\",server_id=\"\"}}")
+        ),
         ok as f64,
         "{m}"
     );
     assert_eq!(
-        metric(&m, &format!("{base}\"failure\"}}")),
+        metric(
+            &m,
+            &format!("{base}\"failure\",client_id=\"\",server_id=\"\"}}")
+        ),
         (unavailable + not_found) as f64,
         "{m}"
     );

@@ -81,7 +81,7 @@ async fn http1_and_http2_through_one_proxy() {
 
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     assert_eq!(
-        metric(&metrics, "mesh_proxy_requests_total{direction=\"outbound\",authority=\"web.test:80\",route=\"default\",status_code=\"200\",classification=\"success\"}"),
+        metric(&metrics, "mesh_proxy_requests_total{direction=\"outbound\",authority=\"web.test:80\",route=\"default\",status_code=\"200\",classification=\"success\",client_id=\"\",server_id=\"\"}"),
         22.0,
         "{metrics}"
     );
@@ -307,6 +307,14 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
                 valid_until_unix: 42,
             }))
         }
+        type WatchStream =
+            tokio_stream::wrappers::ReceiverStream<Result<pb::IdentityUpdate, tonic::Status>>;
+        async fn watch(
+            &self,
+            _req: tonic::Request<tonic::Streaming<pb::IdentityReport>>,
+        ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not used by this test"))
+        }
     }
     let ctrl = Arc::new(FakeController::default());
     ctrl.set(
@@ -342,6 +350,7 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
             identity: "spiffe://test/x".into(),
             token: String::new(),
             csr_der: vec![1, 2, 3],
+            workload: String::new(),
         })
         .await
         .unwrap()
@@ -391,8 +400,22 @@ async fn grpc_unary_and_streaming_through_the_proxy() {
     // stream (status in trailers), all with HTTP status 200.
     let (_, m) = admin_get(proxy.admin_addr, "/metrics").await;
     let base = "mesh_proxy_requests_total{direction=\"outbound\",authority=\"grpc.test:50051\",route=\"default\",status_code=\"200\",classification=";
-    assert_eq!(metric(&m, &format!("{base}\"success\"}}")), 1.0, "{m}");
-    assert_eq!(metric(&m, &format!("{base}\"failure\"}}")), 2.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            &format!("{base}\"success\",client_id=\"\",server_id=\"\"}}")
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("{base}\"failure\",client_id=\"\",server_id=\"\"}}")
+        ),
+        2.0,
+        "{m}"
+    );
 }
 
 #[tokio::test]

@@ -218,7 +218,7 @@ fn app_traffic_is_intercepted_both_ways() {
     });
     assert_eq!(answer, "peer saw GET /out\n");
     let m = metrics();
-    let line = format!("mesh_proxy_requests_total{{direction=\"outbound\",authority=\"{peer_ip}:8080\",route=\"passthrough\",status_code=\"200\",classification=\"success\"}} 1");
+    let line = format!("mesh_proxy_requests_total{{direction=\"outbound\",authority=\"{peer_ip}:8080\",route=\"passthrough\",status_code=\"200\",classification=\"success\",client_id=\"\",server_id=\"\"}} 1");
     assert!(
         m.contains(&line),
         "outbound request not seen by the proxy:\n{m}"
@@ -233,7 +233,7 @@ fn app_traffic_is_intercepted_both_ways() {
     assert_eq!(answer, "pod-app saw GET /in\n");
     let m = metrics();
     assert!(
-        m.contains("mesh_proxy_requests_total{direction=\"inbound\",authority=\"127.0.0.1:9090\",route=\"inbound\",status_code=\"200\",classification=\"success\"}"),
+        m.contains("mesh_proxy_requests_total{direction=\"inbound\",authority=\"127.0.0.1:9090\",route=\"inbound\",status_code=\"200\",classification=\"success\",client_id=\"\",server_id=\"\"}"),
         "inbound request not seen by the proxy:\n{m}"
     );
     drop(env);

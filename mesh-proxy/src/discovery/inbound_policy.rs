@@ -1,6 +1,7 @@
-//! Inbound port policy from the controller's `Inbound.WatchWorkload` API: for every port of
-//! the local workload that declares a protocol (a `Server`, or the `appProtocol` of a Service
-//! that targets it), that protocol; today it decides whether detection is skipped (opaque).
+//! The workload's policy from the controller's `Inbound.WatchWorkload` API: per port, the
+//! declared protocol (a `Server`, or the `appProtocol` of a Service that targets it: opaque
+//! skips detection), the mTLS mode and who may call it; and the workload's egress policy.
+//! A policy that fails validation is rejected and the last good one stays.
 //!
 //! The stream starts with the proxy, so the policy is known before the first connection
 //! (`/ready` waits for it), and a declared port costs nothing even on that first connection.
@@ -13,12 +14,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use mesh_core::authz::{PortPolicy, WorkloadPolicy};
+use mesh_core::convert::workload_policy_from_proto;
+use mesh_core::AppProtocol;
 use mesh_proto::v1 as pb;
 use mesh_proto::v1::inbound_client::InboundClient;
 use tonic::transport::Channel;
 
+use crate::metrics::Str;
+
+/// The policy as the request path reads it: each port's policy shared behind an `Arc`.
+struct Compiled {
+    ports: HashMap<u16, Arc<PortPolicy>>,
+    default_port: Arc<PortPolicy>,
+    workload: Arc<WorkloadPolicy>,
+    egress_label: Str,
+}
+
+impl Compiled {
+    fn new(policy: WorkloadPolicy) -> Self {
+        let ports = policy
+            .ports
+            .iter()
+            .map(|(p, pp)| (*p, Arc::new(pp.clone())))
+            .collect();
+        let default_port = Arc::new(policy.default_port.clone());
+        let egress_label = Str::from(policy.egress.as_ref().map_or("", |e| &*e.name));
+        Self {
+            ports,
+            default_port,
+            workload: Arc::new(policy),
+            egress_label,
+        }
+    }
+}
+
 pub struct InboundPolicies {
-    ports: ArcSwap<HashMap<u16, pb::Protocol>>,
+    policy: ArcSwap<Compiled>,
     /// Whether the first map arrived (always true without a controller).
     loaded: AtomicBool,
 }
@@ -27,14 +59,16 @@ impl InboundPolicies {
     /// No controller: every port uses detection (and the configured opaque ports).
     pub fn none() -> Arc<Self> {
         Arc::new(Self {
-            ports: ArcSwap::from_pointee(HashMap::new()),
+            policy: ArcSwap::from_pointee(Compiled::new(WorkloadPolicy::default())),
             loaded: AtomicBool::new(true),
         })
     }
 
     /// Watches the policy of `workload`'s ports. Without a workload name there is nothing to
     /// ask for: detection everywhere.
-    pub fn from_controller(channel: Channel, workload: String) -> Arc<Self> {
+    /// `trust_domain` is the mesh's (of the proxy's identity), for namespace and
+    /// cluster-authenticated rules.
+    pub fn from_controller(channel: Channel, workload: String, trust_domain: String) -> Arc<Self> {
         let this = Self::none();
         if workload.is_empty() {
             return this;
@@ -43,18 +77,38 @@ impl InboundPolicies {
         tokio::spawn(watch(
             InboundClient::new(channel),
             workload,
+            trust_domain,
             Arc::downgrade(&this),
         ));
         this
     }
 
+    /// A fixed policy (tests, and proxies without a controller).
+    pub fn fixed(policy: WorkloadPolicy) -> Arc<Self> {
+        let this = Self::none();
+        this.policy.store(Arc::new(Compiled::new(policy)));
+        this
+    }
+
     /// The protocol declared for `port` (detection when none is).
-    pub fn protocol(&self, port: u16) -> pb::Protocol {
-        self.ports
-            .load()
-            .get(&port)
-            .copied()
-            .unwrap_or(pb::Protocol::Detect)
+    pub fn protocol(&self, port: u16) -> AppProtocol {
+        self.port(port).protocol
+    }
+
+    /// The policy of `port`.
+    pub fn port(&self, port: u16) -> Arc<PortPolicy> {
+        let c = self.policy.load();
+        c.ports.get(&port).unwrap_or(&c.default_port).clone()
+    }
+
+    /// The whole policy (egress included).
+    pub fn workload(&self) -> Arc<WorkloadPolicy> {
+        self.policy.load().workload.clone()
+    }
+
+    /// The egress policy's name, for metrics.
+    pub fn egress_label(&self) -> Str {
+        self.policy.load().egress_label.clone()
     }
 
     /// Whether the controller's first answer arrived.
@@ -62,17 +116,14 @@ impl InboundPolicies {
         self.loaded.load(Ordering::Acquire)
     }
 
-    fn set(&self, policy: pb::WorkloadPolicy) {
-        let ports = policy
-            .ports
-            .into_iter()
-            .filter_map(|(port, p)| {
-                let port = u16::try_from(port).ok()?;
-                let protocol = pb::Protocol::try_from(p.protocol).unwrap_or(pb::Protocol::Detect);
-                Some((port, protocol))
-            })
-            .collect();
-        self.ports.store(Arc::new(ports));
+    fn set(&self, policy: pb::WorkloadPolicy, trust_domain: &str) {
+        match workload_policy_from_proto(&policy, trust_domain) {
+            Ok(p) => self.policy.store(Arc::new(Compiled::new(p))),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "rejected an inbound policy from the controller; keeping the last good one"
+            ),
+        }
         self.loaded.store(true, Ordering::Release);
     }
 }
@@ -80,6 +131,7 @@ impl InboundPolicies {
 async fn watch(
     mut client: InboundClient<Channel>,
     workload: String,
+    trust_domain: String,
     this: std::sync::Weak<InboundPolicies>,
 ) {
     let mut delay = Duration::from_millis(100);
@@ -92,7 +144,7 @@ async fn watch(
                 let mut stream = rsp.into_inner();
                 while let Ok(Some(policy)) = stream.message().await {
                     let Some(this) = this.upgrade() else { return };
-                    this.set(policy);
+                    this.set(policy, &trust_domain);
                     delay = Duration::from_millis(100);
                 }
             }

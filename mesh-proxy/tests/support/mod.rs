@@ -309,6 +309,7 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 // ---- fake controller ----
 
 type Tx = mpsc::Sender<Result<pb::DestinationUpdate, tonic::Status>>;
+type PolicyTx = mpsc::Sender<Result<pb::WorkloadPolicy, tonic::Status>>;
 
 #[derive(Default)]
 pub struct FakeController {
@@ -317,6 +318,53 @@ pub struct FakeController {
     /// Declared protocol per inbound port, and the open inbound streams.
     inbound: Mutex<HashMap<u32, pb::Protocol>>,
     inbound_subs: Mutex<Vec<mpsc::Sender<Result<pb::InboundPolicy, tonic::Status>>>>,
+    /// Whole workload policies by workload name (override `inbound`), and their streams.
+    workload_policies: Mutex<HashMap<String, pb::WorkloadPolicy>>,
+    workload_subs: Mutex<Vec<(String, PolicyTx)>>,
+    /// The certificate authority behind `Identity.Certify` (none: UNAVAILABLE).
+    pub ca: Mutex<Option<TestCa>>,
+    /// Certify requests answered, by result.
+    pub certified: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// A real CA for tests: anchors, an issuer signing leaves of `lifetime`.
+#[derive(Clone)]
+pub struct TestCa {
+    pub anchors: Vec<mesh_identity::ca::Anchor>,
+    pub issuer: mesh_identity::ca::Issuer,
+    pub lifetime: Duration,
+}
+
+impl TestCa {
+    pub fn new(lifetime: Duration) -> Self {
+        let anchor =
+            mesh_identity::ca::Anchor::generate("test anchor", Duration::from_secs(3600)).unwrap();
+        let issuer =
+            mesh_identity::ca::Issuer::generate(&anchor, "test issuer", Duration::from_secs(3600))
+                .unwrap();
+        Self {
+            anchors: vec![anchor],
+            issuer,
+            lifetime,
+        }
+    }
+
+    fn update(&self) -> pb::IdentityUpdate {
+        pb::IdentityUpdate {
+            bundle: Some(pb::TrustBundle {
+                version: 1,
+                anchors_der: self.anchors.iter().map(|a| a.cert_der().to_vec()).collect(),
+            }),
+            issuer_sha256: self.issuer.sha256().to_vec(),
+            renew_jitter_ms: 0,
+        }
+    }
+}
+
+/// The token the fake controller accepts as proof of `identity`.
+pub fn token_for(identity: &str) -> String {
+    format!("test-token:{identity}")
 }
 
 pub fn endpoint(addr: SocketAddr) -> pb::Endpoint {
@@ -375,6 +423,25 @@ impl FakeController {
     /// Declares the protocol of an inbound port (served to proxies that watch it from now on).
     pub fn set_inbound(&self, port: u16, protocol: pb::Protocol) {
         self.inbound.lock().unwrap().insert(port as u32, protocol);
+    }
+
+    /// Sets the whole policy of `workload` and sends it to its open streams.
+    pub async fn set_workload_policy(&self, workload: &str, policy: pb::WorkloadPolicy) {
+        self.workload_policies
+            .lock()
+            .unwrap()
+            .insert(workload.to_string(), policy.clone());
+        let subs: Vec<_> = self
+            .workload_subs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(w, _)| w == workload)
+            .map(|(_, tx)| tx.clone())
+            .collect();
+        for tx in subs {
+            let _ = tx.send(Ok(policy.clone())).await;
+        }
     }
 
     pub fn subscribers(&self, authority: &str) -> usize {
@@ -446,6 +513,7 @@ impl pb::inbound_server::Inbound for ControllerSvc {
         tx.send(Ok(pb::InboundPolicy {
             server: format!("port-{port}"),
             protocol: protocol as i32,
+            ..Default::default()
         }))
         .await
         .ok();
@@ -460,8 +528,24 @@ impl pb::inbound_server::Inbound for ControllerSvc {
 
     async fn watch_workload(
         &self,
-        _req: tonic::Request<pb::InboundWorkload>,
+        req: tonic::Request<pb::InboundWorkload>,
     ) -> Result<tonic::Response<Self::WatchWorkloadStream>, tonic::Status> {
+        let workload = req.into_inner().workload;
+        let set = self
+            .0
+            .workload_policies
+            .lock()
+            .unwrap()
+            .get(&workload)
+            .cloned();
+        if let Some(policy) = set {
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(Ok(policy)).await.ok();
+            self.0.workload_subs.lock().unwrap().push((workload, tx));
+            return Ok(tonic::Response::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ));
+        }
         let ports = self
             .0
             .inbound
@@ -472,12 +556,74 @@ impl pb::inbound_server::Inbound for ControllerSvc {
                 let policy = pb::InboundPolicy {
                     server: format!("port-{port}"),
                     protocol: *protocol as i32,
+                    ..Default::default()
                 };
                 (*port, policy)
             })
             .collect();
         let (tx, rx) = mpsc::channel(4);
-        tx.send(Ok(pb::WorkloadPolicy { ports })).await.ok();
+        tx.send(Ok(pb::WorkloadPolicy {
+            ports,
+            ..Default::default()
+        }))
+        .await
+        .ok();
+        self.0.workload_subs.lock().unwrap().push((workload, tx));
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::identity_server::Identity for ControllerSvc {
+    async fn certify(
+        &self,
+        req: tonic::Request<pb::CertifyRequest>,
+    ) -> Result<tonic::Response<pb::CertifyResponse>, tonic::Status> {
+        let r = req.into_inner();
+        let Some(ca) = self.0.ca.lock().unwrap().clone() else {
+            return Err(tonic::Status::unavailable("no CA in this test"));
+        };
+        if r.token != token_for(&r.identity) {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(tonic::Status::unauthenticated("wrong token"));
+        }
+        let identity = mesh_core::Identity::parse(&r.identity)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let leaf = ca
+            .issuer
+            .sign_csr(&r.csr_der, &identity, ca.lifetime)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        self.0.certified.fetch_add(1, Ordering::Relaxed);
+        let valid_until_unix = leaf
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Ok(tonic::Response::new(pb::CertifyResponse {
+            leaf_der: leaf.cert_der.to_vec(),
+            intermediates_der: leaf.chain.iter().map(|c| c.to_vec()).collect(),
+            valid_until_unix,
+        }))
+    }
+
+    type WatchStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::IdentityUpdate, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _req: tonic::Request<tonic::Streaming<pb::IdentityReport>>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let Some(ca) = self.0.ca.lock().unwrap().clone() else {
+            return Err(tonic::Status::unavailable("no CA in this test"));
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Ok(ca.update())).await.ok();
+        // Keep the stream open for the proxy's life.
+        tokio::spawn(async move {
+            tx.closed().await;
+        });
         Ok(tonic::Response::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
@@ -522,7 +668,12 @@ pub fn start_controller_at(ctrl: Arc<FakeController>, addr: SocketAddr) -> Contr
             .add_service(pb::destination_server::DestinationServer::new(
                 ControllerSvc(ctrl.clone()),
             ))
-            .add_service(pb::inbound_server::InboundServer::new(ControllerSvc(ctrl)))
+            .add_service(pb::inbound_server::InboundServer::new(ControllerSvc(
+                ctrl.clone(),
+            )))
+            .add_service(pb::identity_server::IdentityServer::new(ControllerSvc(
+                ctrl,
+            )))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
