@@ -151,7 +151,11 @@ impl Client {
         }
         let handshake = tls::connect(creds, stream, to.identity, to.port, protocol);
         match tokio::time::timeout(self.connect_timeout, handshake).await {
-            Ok(Ok(io)) => Ok((io, slot)),
+            Ok(Ok(io)) => {
+                self.metrics
+                    .peer_connection(self.direction, Some(to.identity), true);
+                Ok((io, slot))
+            }
             Ok(Err(e)) => {
                 let reason = tls::failure_reason(&e);
                 self.tls_failed(reason);

@@ -108,7 +108,8 @@ pub struct ResultLabels {
 pub struct TlsFailureLabels {
     pub direction: Direction,
     /// Outbound: `identity_mismatch`, `invalid_certificate`, `timeout`, `handshake`, `no_certificate`.
-    /// Inbound: `plaintext_refused`, `no_client_certificate`, `handshake`, `timeout`.
+    /// Inbound: `plaintext_refused`, `no_client_certificate`, `no_identity` (a strict port on
+    /// a proxy without an identity), `handshake`, `timeout`.
     pub reason: &'static str,
 }
 

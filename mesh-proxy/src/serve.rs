@@ -174,6 +174,12 @@ async fn serve_connection(
     let mut silent = false;
     if direction == Direction::Inbound {
         let policy = ctx.inbound_policy.port(port.unwrap_or(0));
+        if ctx.tls_server.is_none() && policy.tls == InboundTls::Strict {
+            // Strict means mTLS only, and this proxy has no identity to terminate it with.
+            ctx.metrics.tls_failed(direction, "no_identity");
+            tracing::debug!(%peer, port, "strict mTLS port but this proxy has no identity (MESH_PROXY_IDENTITY); closing");
+            return;
+        }
         if let (Some(config), false) = (&ctx.tls_server, policy.tls == InboundTls::Disabled) {
             // Meshed clients speak first (a ClientHello); silence is plaintext.
             prefix.reserve(1024);

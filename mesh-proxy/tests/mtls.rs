@@ -187,6 +187,10 @@ async fn meshed_calls_are_mtls_and_the_app_learns_the_caller() {
         "{server_metrics}"
     );
     let (_, client_metrics) = admin_get(web.admin_addr, "/metrics").await;
+    let out = format!(
+        "mesh_proxy_peer_connections_total{{direction=\"outbound\",peer_id=\"{ORDERS}\",tls=\"true\"}}"
+    );
+    assert!(metric(&client_metrics, &out) >= 1.0, "{client_metrics}");
     assert!(
         client_metrics.contains(&format!("client_id=\"{WEB}\",server_id=\"{ORDERS}\"")),
         "{client_metrics}"
@@ -450,6 +454,42 @@ async fn authorization_allows_one_identity_and_denies_another() {
     assert!(passed, "audit mode must let the request pass");
     let (_, metrics) = admin_get(m.server.admin_addr, "/metrics").await;
     assert!(metrics.contains("action=\"would-deny\""), "{metrics}");
+
+    // Enforced again; then a policy the proxy cannot read (a bad CIDR) is rejected and the
+    // last good one stays: still denied, never opened.
+    m.ctrl
+        .set_workload_policy(
+            ORDERS_WORKLOAD,
+            policy(pb::InboundTls::Permissive, Some(shop_rules(false))),
+        )
+        .await;
+    // Were it accepted, it would let everyone POST.
+    let mut bad = shop_rules(false);
+    bad.rules[0].clients = vec![
+        pb::ClientMatch {
+            kind: Some(pb::client_match::Kind::Unauthenticated(pb::Empty {})),
+        },
+        pb::ClientMatch {
+            kind: Some(pb::client_match::Kind::Network("10.0.0.0/99".into())),
+        },
+    ];
+    m.ctrl
+        .set_workload_policy(
+            ORDERS_WORKLOAD,
+            policy(pb::InboundTls::Permissive, Some(bad)),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = send(
+        &c,
+        other.outbound_addr,
+        "orders.shop",
+        "POST",
+        "/api/orders",
+        "{}",
+    )
+    .await;
+    assert_eq!(a.status, http::StatusCode::FORBIDDEN, "{a:?}");
 }
 
 /// A unary gRPC-shaped call (content type application/grpc) through `via`; returns the

@@ -5,6 +5,11 @@
 //! virtual IP that every pod's `/etc/hosts` names (`ip netns exec` mounts
 //! `/etc/netns/<ns>/hosts`), so apps call `http://web/` and know nothing of the proxy.
 //!
+//! Identity is on, as in a production mesh: the harness runs `mesh-controller identity init` into
+//! a directory of the scenario, starts the controller with `--identity-dir`, and gives every
+//! meshed pod a join token for its own service account (named after the pod), so proxies talk
+//! mTLS to each other and each app sees its callers' SPIFFE IDs.
+//!
 //! Everything is removed on drop, also when the test panics: processes (which also die with
 //! the test thread), namespaces, `/etc/netns` entries and the temporary directory. Names carry
 //! the test process id and a per-test number, so tests run in parallel without clashing, and
@@ -12,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +38,13 @@ const ADMIN_PORT: u16 = 4191;
 const GRPC_PORT: u16 = 8086;
 const CONTROLLER_ADMIN_PORT: u16 = 9990;
 const STARTUP: Duration = Duration::from_secs(20);
+/// The mesh's trust domain (the controller's default).
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The SPIFFE ID of pod `name` (its service account has the pod's name).
+pub fn spiffe(name: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{NS}/sa/{name}")
+}
 
 static NEXT_TEST: AtomicU32 = AtomicU32::new(0);
 
@@ -196,6 +209,10 @@ pub struct Mesh {
     hub: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// The controller's identity directory (`identity init`; `--identity-dir`).
+    pub identity: PathBuf,
+    tokens: PathBuf,
+    controller_args: Vec<String>,
     logs: PathBuf,
     services: Vec<(String, Ipv4Addr)>,
     pods: BTreeMap<String, Pod>,
@@ -206,9 +223,14 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Creates the hub namespace and bridge and starts the controller on an empty config
-    /// directory. `None` (after printing why) when the machine cannot run the suite.
+    /// Creates the hub namespace and bridge, makes a CA, and starts the controller on an empty
+    /// config directory. `None` (after printing why) when the machine cannot run the suite.
     pub fn new(title: &str) -> Option<Self> {
+        Self::with_controller_args(title, &[])
+    }
+
+    /// [`Mesh::new`], with extra `mesh-controller` flags (`--identity-leaf-lifetime 5s`).
+    pub fn with_controller_args(title: &str, controller_args: &[&str]) -> Option<Self> {
         if let Some(why) = sys::skip_reason() {
             println!("skipping e2e scenario '{title}': {why}");
             return None;
@@ -223,8 +245,14 @@ impl Mesh {
         let _ = std::fs::remove_dir_all(&dir);
         let config = dir.join("config");
         let logs = dir.join("logs");
+        let identity = dir.join("identity");
+        let tokens = dir.join("tokens");
         std::fs::create_dir_all(&config).expect("create the config directory");
         std::fs::create_dir_all(&logs).expect("create the log directory");
+        std::fs::create_dir_all(&tokens).expect("create the token directory");
+        // The proxies (UID 2102) read their token files from here.
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o755))
+            .expect("make the token directory searchable");
         let hub = format!("{tag}-hub");
         let mut mesh = Self {
             bins: Bins::locate(),
@@ -234,6 +262,9 @@ impl Mesh {
             hub: hub.clone(),
             dir,
             config,
+            identity,
+            tokens,
+            controller_args: controller_args.iter().map(|a| a.to_string()).collect(),
             logs,
             services: Vec::new(),
             pods: BTreeMap::new(),
@@ -249,6 +280,8 @@ impl Mesh {
         let cidr = format!("{}/24", mesh.hub_ip());
         sys::ip(&["-n", &hub, "addr", "add", &cidr, "dev", "br0"]);
         sys::ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        let dir = mesh.identity.display().to_string();
+        mesh.controller_cli(&["identity", "init", "--dir", &dir]);
         mesh.start_controller();
         Some(mesh)
     }
@@ -383,7 +416,7 @@ impl Mesh {
     // ---- controller -----------------------------------------------------------------------
 
     fn start_controller(&mut self) {
-        let argv = vec![
+        let mut argv = vec![
             self.bins.controller.display().to_string(),
             "--source".into(),
             "local".into(),
@@ -393,11 +426,66 @@ impl Mesh {
             format!("{}:{GRPC_PORT}", self.hub_ip()),
             "--admin-addr".into(),
             format!("{}:{CONTROLLER_ADMIN_PORT}", self.hub_ip()),
+            "--identity-dir".into(),
+            self.identity.display().to_string(),
         ];
+        argv.extend(self.controller_args.iter().cloned());
         let env = vec![("MESH_CONTROLLER_LOG".to_string(), "info".to_string())];
         let hub = self.hub.clone();
         self.spawn("controller", &hub, argv, env);
         self.wait_controller_ready();
+    }
+
+    /// Runs `mesh-controller ARGS` (a CLI command such as `identity init`) to completion on
+    /// the host; its standard output. Panics with its output when it fails.
+    pub fn controller_cli(&self, args: &[&str]) -> String {
+        let out = sys::run(
+            Command::new(&self.bins.controller).args(args),
+            Duration::from_secs(20),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The controller's admin `/status` JSON.
+    pub fn controller_status(&self) -> serde_json::Value {
+        let admin = SocketAddr::from((self.hub_ip(), CONTROLLER_ADMIN_PORT));
+        let hub = self.hub.clone();
+        match sys::in_netns(&hub, move || http::get(admin, "/status")) {
+            Ok((200, body)) => serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("controller /status is not JSON ({e}): {body}")),
+            other => panic!("controller /status: {other:?}"),
+        }
+    }
+
+    /// Creates a join token for pod `name`'s identity (service account `name`, bound to its
+    /// workload) and writes it to a file only the proxy's UID can read; the file's path.
+    fn join_token(&self, name: &str) -> PathBuf {
+        let dir = self.identity.display().to_string();
+        let workload = format!("ns:{NS}/workload:{name}");
+        let out = self.controller_cli(&[
+            "identity",
+            "join-token",
+            "--dir",
+            &dir,
+            "--namespace",
+            NS,
+            "--service-account",
+            name,
+            "--workload",
+            &workload,
+        ]);
+        let token = out.trim();
+        assert!(
+            !token.is_empty() && !token.contains(char::is_whitespace),
+            "`identity join-token` printed no single token: {out:?}"
+        );
+        let path = self.tokens.join(format!("{name}.token"));
+        std::fs::write(&path, token).expect("write the join token");
+        let uid: u32 = PROXY_UID.parse().expect("PROXY_UID is a number");
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown the join token");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+            .expect("restrict the join token");
+        path
     }
 
     pub fn wait_controller_ready(&self) {
@@ -500,6 +588,7 @@ impl Mesh {
     }
 
     fn start_proxy(&mut self, pod: &Pod) {
+        let token = self.join_token(&pod.name);
         let argv = vec![
             "setpriv".into(),
             "--reuid".into(),
@@ -522,13 +611,19 @@ impl Mesh {
             ("MESH_PROXY_LOG", "info".into()),
             ("MESH_PROXY_WORKER_THREADS", "1".into()),
             ("MESH_PROXY_SHUTDOWN_GRACE", "5s".into()),
+            ("MESH_PROXY_IDENTITY", spiffe(&pod.name)),
+            (
+                "MESH_PROXY_IDENTITY_TOKEN_FILE",
+                token.display().to_string(),
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v));
         self.spawn(&format!("{}/proxy", pod.name), &pod.ns, argv, env.to_vec());
         self.wait_proxy_ready(pod);
     }
 
-    /// Waits until the pod's proxy answers `/ready` (it has heard from the controller).
+    /// Waits until the pod's proxy answers `/ready` (it has heard from the controller and
+    /// holds its first certificate).
     pub fn wait_proxy_ready(&self, pod: &Pod) {
         let p = pod.clone();
         sys::wait_for(
@@ -577,6 +672,89 @@ impl Mesh {
         let path = path.to_string();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         sys::in_netns(&ns, move || http::get(addr, &path))
+    }
+
+    /// Connects from pod `pod` to `addr` (intercepted like the app's own connections) and
+    /// reads the first line the server sends: how long the first byte took from the start of
+    /// the connect, and the line.
+    pub fn first_line(&self, pod: &str, addr: SocketAddr) -> Result<(Duration, String), String> {
+        let ns = self.pod(pod).ns.clone();
+        sys::in_netns(&ns, move || {
+            use std::io::Read;
+            let timeout = Duration::from_secs(5);
+            let started = Instant::now();
+            let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            let mut line = Vec::new();
+            let mut first = None;
+            let mut buf = [0u8; 256];
+            while !line.contains(&b'\n') {
+                let n = s.read(&mut buf).map_err(|e| format!("read {addr}: {e}"))?;
+                if n == 0 {
+                    return Err(format!(
+                        "{addr} closed after {:?}",
+                        String::from_utf8_lossy(&line)
+                    ));
+                }
+                first.get_or_insert_with(|| started.elapsed());
+                line.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.lines().next().unwrap_or_default().to_string();
+            Ok((first.unwrap_or_default(), text))
+        })
+    }
+
+    /// Starts `tcpdump` on the hub's bridge (every pod's traffic crosses it), writing every
+    /// TCP packet whole to `<dir>/<name>.pcap`; returns once it is capturing.
+    pub fn start_capture(&mut self, name: &str) -> PathBuf {
+        let file = self.dir.join(format!("{name}.pcap"));
+        let argv = [
+            "tcpdump",
+            "-i",
+            "br0",
+            "-n",
+            "--immediate-mode",
+            "-B",
+            "65536",
+            "-U",
+            "-s",
+            "0",
+            "-Z",
+            "root",
+            "-w",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([file.display().to_string(), "tcp".into()])
+        .collect();
+        let key = format!("capture/{name}");
+        let hub = self.hub.clone();
+        self.spawn(&key, &hub, argv, Vec::new());
+        sys::wait_for("tcpdump to start capturing", STARTUP, || {
+            self.log(&key).contains("listening on").then_some(())
+        });
+        file
+    }
+
+    /// Stops capture `name` (SIGINT, so tcpdump flushes its file); tcpdump's own summary
+    /// (packets captured, dropped by the kernel).
+    pub fn stop_capture(&mut self, name: &str) -> String {
+        let key = format!("capture/{name}");
+        self.signal(&key, libc::SIGINT);
+        self.wait_exit(&key, Duration::from_secs(10));
+        self.log(&key)
+    }
+
+    /// What process `key` has written to its log so far.
+    pub fn log(&self, key: &str) -> String {
+        let p = self
+            .procs
+            .get(key)
+            .unwrap_or_else(|| panic!("no process {key}"));
+        std::fs::read_to_string(&p.log).unwrap_or_default()
     }
 
     /// A pod proxy's Prometheus metrics.
