@@ -1,8 +1,9 @@
 //! The controller's admin HTTP server: `/live`, `/ready`, `/metrics` and `/status`.
 //!
 //! `/status` is a JSON report for people and for `meshctl check`: readiness, index sizes,
-//! local-mode files that were rejected (with the reason), and the conditions of every route,
-//! policy and workload.
+//! local-mode files that were rejected (with the reason), the conditions of every route,
+//! policy and workload, and the CA (`identity`: phase of a trust-anchor rotation, bundle,
+//! issuer, and how many connected proxies hold the bundle and a leaf from the issuer).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::identity::IdentityState;
 use crate::index::Index;
 use crate::local::FileErrors;
 
@@ -22,6 +24,7 @@ pub struct Admin {
     pub index: Arc<Index>,
     pub files: Option<FileErrors>,
     pub source: &'static str,
+    pub identity: Arc<IdentityState>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -62,6 +65,7 @@ impl Admin {
             "watchedDestinations": watched,
             "rejectedFiles": files,
             "objects": objects,
+            "identity": self.identity.status_json(),
         })
     }
 

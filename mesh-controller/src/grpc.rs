@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_core::convert::{addr_to_proto, protocol_to_proto};
+use mesh_core::convert::addr_to_proto;
 use mesh_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -201,19 +201,11 @@ where
 }
 
 fn inbound_msg(s: &InboundState) -> pb::InboundPolicy {
-    pb::InboundPolicy {
-        server: s.server.clone(),
-        protocol: protocol_to_proto(s.protocol) as i32,
-    }
+    s.into()
 }
 
-fn workload_msg(ports: &WorkloadPorts) -> pb::WorkloadPolicy {
-    pb::WorkloadPolicy {
-        ports: ports
-            .iter()
-            .map(|(port, st)| (u32::from(*port), inbound_msg(st)))
-            .collect(),
-    }
+fn workload_msg(w: &WorkloadPorts) -> pb::WorkloadPolicy {
+    w.into()
 }
 
 #[tonic::async_trait]
@@ -257,6 +249,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_all(index, None, listener, shutdown).await
+}
+
+/// Serves the Destination and Inbound APIs and, when given, the Identity API.
+pub async fn serve_all(
+    index: Arc<Index>,
+    identity: Option<Arc<crate::identity::IdentityState>>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
@@ -267,6 +269,11 @@ pub async fn serve(
             },
         ))
         .add_service(pb::inbound_server::InboundServer::new(InboundSvc { index }))
+        .add_optional_service(identity.map(|state| {
+            pb::identity_server::IdentityServer::new(crate::identity::service::IdentitySvc {
+                state,
+            })
+        }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,

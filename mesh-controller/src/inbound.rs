@@ -14,6 +14,17 @@
 //!    discovery uses for endpoint ports); the first by Service name then port order that
 //!    declares something ([`app_protocol`]) wins;
 //! 3. else the proxy detects the protocol.
+//!
+//! Each port also gets its mTLS mode (the Server's `tls`, else the default) and its
+//! authorization: the rules of the AuthorizationPolicies that target its Server or the
+//! namespace, over the default policy. Defaults come from the workload's annotations
+//! (`mesh.dev/default-policy`, `mesh.dev/inbound-tls` on the Pod or Workload), else the
+//! Namespace's, else the mesh's ([`MeshPolicy`], from the controller's flags). Ports nothing
+//! declares share [`WorkloadPolicy::default_port`]: detection, the default mTLS mode, and the
+//! namespace-wide rules over the default policy. See [`authorization`] for how policies
+//! compile and fail closed.
+
+pub mod authorization;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,10 +32,31 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use mesh_core::AppProtocol;
-use mesh_crds::{Server, ServerProtocol};
+use mesh_core::{
+    AppProtocol, Authorization, DefaultPolicy, InboundTls, PortPolicy, Rule, WorkloadPolicy,
+};
+use mesh_crds::{InboundTlsMode, Server, ServerProtocol};
 
 use crate::objects::{ObjKey, Objects};
+use authorization::{AuthTarget, CompiledAuthz, CompiledEgress, Defaults};
+
+/// The mesh-wide defaults and the trust domain, which every port's policy builds on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshPolicy {
+    pub default_policy: DefaultPolicy,
+    pub tls: InboundTls,
+    pub trust_domain: String,
+}
+
+impl Default for MeshPolicy {
+    fn default() -> Self {
+        Self {
+            default_policy: DefaultPolicy::AllUnauthenticated,
+            tls: InboundTls::Permissive,
+            trust_domain: "cluster.local".into(),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WorkloadKind {
@@ -100,17 +132,22 @@ impl InboundKey {
     }
 }
 
-/// What the proxy is told about a port.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct InboundState {
-    /// `namespace/name` of the Server that applies, empty when none does (also when the
-    /// protocol comes from a Service's `appProtocol`).
-    pub server: String,
-    pub protocol: AppProtocol,
-}
+/// What the proxy is told about a port: `server` is the `namespace/name` of the Server that
+/// applies, empty when none does (also when the protocol comes from a Service's
+/// `appProtocol`).
+pub type InboundState = PortPolicy;
 
-/// The declared ports of one workload, by port number (ports not in it use detection).
-pub type WorkloadPorts = BTreeMap<u16, InboundState>;
+/// The policy of every port of one workload.
+pub type WorkloadPorts = WorkloadPolicy;
+
+/// The model's mTLS mode for a Server's.
+pub fn server_tls(t: InboundTlsMode) -> InboundTls {
+    match t {
+        InboundTlsMode::Permissive => InboundTls::Permissive,
+        InboundTlsMode::Strict => InboundTls::Strict,
+        InboundTlsMode::Disabled => InboundTls::Disabled,
+    }
+}
 
 /// The model's protocol for a Server's.
 pub fn server_protocol(p: ServerProtocol) -> AppProtocol {
@@ -173,11 +210,12 @@ pub fn server_for<'a>(
     })
 }
 
-/// The labels and named ports of one Pod or Workload.
+/// The labels, named ports and policy defaults of one Pod or Workload.
 #[derive(Debug, Default, PartialEq)]
 pub struct Member {
     labels: BTreeMap<String, String>,
     ports: BTreeMap<String, u16>,
+    defaults: Defaults,
 }
 
 impl Member {
@@ -187,6 +225,7 @@ impl Member {
             WorkloadKind::Pod => objs.pods.get(key).map(|p| Member {
                 labels: p.labels.clone(),
                 ports: p.ports.clone(),
+                defaults: Defaults::from_annotations(&p.annotations),
             }),
             WorkloadKind::Workload => objs.workloads.get(key).map(|w| Member {
                 labels: w.labels().clone(),
@@ -196,12 +235,18 @@ impl Member {
                     .iter()
                     .map(|p| (p.name.clone(), p.port))
                     .collect(),
+                defaults: Defaults::from_annotations(w.annotations()),
             }),
         }
     }
 
     fn named(&self, name: &str) -> Option<u16> {
         self.ports.get(name).copied()
+    }
+
+    /// What is wrong with its annotations.
+    pub fn problems(&self) -> &[String] {
+        &self.defaults.problems
     }
 }
 
@@ -244,6 +289,12 @@ pub struct NamespaceInbound {
     servers: Vec<Arc<Server>>,
     services: Vec<DeclaredService>,
     members: HashMap<(WorkloadKind, String), Member>,
+    /// AuthorizationPolicies in force, by name.
+    authz: Vec<Arc<CompiledAuthz>>,
+    /// EgressPolicies in force, by name.
+    egress: Vec<CompiledEgress>,
+    /// The Namespace's annotations.
+    defaults: Defaults,
 }
 
 impl NamespaceInbound {
@@ -276,6 +327,15 @@ impl NamespaceInbound {
         self.services = services;
     }
 
+    pub fn set_policies(&mut self, authz: Vec<Arc<CompiledAuthz>>, egress: Vec<CompiledEgress>) {
+        self.authz = authz;
+        self.egress = egress;
+    }
+
+    pub fn set_defaults(&mut self, defaults: Defaults) {
+        self.defaults = defaults;
+    }
+
     pub fn set_member(&mut self, kind: WorkloadKind, name: &str, member: Option<Member>) {
         match member {
             Some(m) => {
@@ -291,38 +351,100 @@ impl NamespaceInbound {
         self.members.get(&(kind, name.to_string()))
     }
 
-    pub fn state(&self, key: &InboundKey) -> InboundState {
+    /// The policy of one port of a workload.
+    pub fn state(&self, key: &InboundKey, mesh: &MeshPolicy) -> InboundState {
         let empty = Member::default();
         let member = self.member(key.kind, &key.name).unwrap_or(&empty);
-        self.port_state(&key.namespace, member, key.port)
+        let ctx = self.context(member, mesh);
+        self.port_state(&key.namespace, member, key.port, &ctx)
+            .unwrap_or_else(|| self.default_port(&ctx))
     }
 
-    fn port_state(&self, namespace: &str, member: &Member, port: u16) -> InboundState {
+    /// The defaults and namespace-wide rules that apply to a member.
+    fn context<'a>(&'a self, member: &Member, mesh: &'a MeshPolicy) -> PortContext<'a> {
+        PortContext {
+            policy: member
+                .defaults
+                .policy
+                .or(self.defaults.policy)
+                .unwrap_or(mesh.default_policy),
+            tls: member
+                .defaults
+                .tls
+                .or(self.defaults.tls)
+                .unwrap_or(mesh.tls),
+            namespace_rules: self
+                .authz
+                .iter()
+                .filter(|a| a.target == AuthTarget::Namespace)
+                .flat_map(|a| a.rules.iter())
+                .collect(),
+            trust_domain: &mesh.trust_domain,
+        }
+    }
+
+    fn authorization(&self, ctx: &PortContext, server: Option<&str>) -> Authorization {
+        let mut rules: Vec<Rule> = Vec::new();
+        if let Some(name) = server {
+            for a in &self.authz {
+                if matches!(&a.target, AuthTarget::Server(s) if s == name) {
+                    rules.extend(a.rules.iter().cloned());
+                }
+            }
+        }
+        rules.extend(ctx.namespace_rules.iter().map(|r| (*r).clone()));
+        Authorization::new(ctx.policy, rules, ctx.trust_domain)
+    }
+
+    fn default_port(&self, ctx: &PortContext) -> PortPolicy {
+        PortPolicy {
+            server: String::new(),
+            protocol: AppProtocol::Detect,
+            tls: ctx.tls,
+            authorization: self.authorization(ctx, None),
+        }
+    }
+
+    /// The policy of a port something declares (a Server, or a Service's `appProtocol`).
+    fn port_state(
+        &self,
+        namespace: &str,
+        member: &Member,
+        port: u16,
+        ctx: &PortContext,
+    ) -> Option<PortPolicy> {
         if let Some(s) = server_for(&self.servers, &member.labels, |n| member.named(n), port) {
-            return InboundState {
-                server: format!("{namespace}/{}", s.name_any()),
+            let name = s.name_any();
+            return Some(PortPolicy {
+                server: format!("{namespace}/{name}"),
                 protocol: server_protocol(s.spec.protocol),
-            };
+                tls: s.spec.tls.map(server_tls).unwrap_or(ctx.tls),
+                authorization: self.authorization(ctx, Some(&name)),
+            });
         }
         for svc in self.services.iter().filter(|s| s.selects(&member.labels)) {
             for (sp, proto) in &svc.ports {
                 if target_port(sp, |n| member.named(n)) == Some(port) {
-                    return InboundState {
+                    return Some(PortPolicy {
                         server: String::new(),
                         protocol: *proto,
-                    };
+                        tls: ctx.tls,
+                        authorization: self.authorization(ctx, None),
+                    });
                 }
             }
         }
-        InboundState::default()
+        None
     }
 
-    /// Every declared port of a workload (empty when it declares none). A workload the index
-    /// does not know (yet) has no labels and no named ports, as in [`Self::state`]: only
-    /// Servers that select everything by port number apply to it.
-    pub fn workload_state(&self, key: &WorkloadKey) -> WorkloadPorts {
+    /// The policy of every port of a workload: the declared ones, the default for the rest,
+    /// and its egress. A workload the index does not know (yet) has no labels, annotations
+    /// or named ports: only Servers that select everything by port number apply to it, and
+    /// the namespace's and mesh's defaults.
+    pub fn workload_state(&self, key: &WorkloadKey, mesh: &MeshPolicy) -> WorkloadPorts {
         let empty = Member::default();
         let member = self.member(key.kind, &key.name).unwrap_or(&empty);
+        let ctx = self.context(member, mesh);
         let mut candidates: BTreeSet<u16> = BTreeSet::new();
         for s in &self.servers {
             if !s
@@ -344,12 +466,37 @@ impl NamespaceInbound {
                 candidates.extend(target_port(sp, |n| member.named(n)));
             }
         }
-        candidates
+        let ports = candidates
             .into_iter()
-            .map(|port| (port, self.port_state(&key.namespace, member, port)))
-            .filter(|(_, st)| *st != InboundState::default())
-            .collect()
+            .filter_map(|port| {
+                self.port_state(&key.namespace, member, port, &ctx)
+                    .map(|st| (port, st))
+            })
+            .collect();
+        // The first EgressPolicy (by name) that selects the workload applies.
+        let egress = self
+            .egress
+            .iter()
+            .find(|e| {
+                e.selector
+                    .iter()
+                    .all(|(k, v)| member.labels.get(k) == Some(v))
+            })
+            .map(|e| e.egress.clone());
+        WorkloadPolicy {
+            ports,
+            default_port: self.default_port(&ctx),
+            egress,
+        }
     }
+}
+
+/// What every port of one member shares.
+struct PortContext<'a> {
+    policy: DefaultPolicy,
+    tls: InboundTls,
+    namespace_rules: Vec<&'a Rule>,
+    trust_domain: &'a str,
 }
 
 #[cfg(test)]
@@ -418,6 +565,7 @@ mod tests {
                     .collect(),
                 port,
                 protocol: p,
+                tls: None,
             },
         );
         s.metadata.namespace = Some("shop".into());
@@ -457,6 +605,7 @@ mod tests {
             Some(Member {
                 labels: [("app".to_string(), "db".to_string())].into(),
                 ports: [("mysql".to_string(), 13306), ("admin".to_string(), 9000)].into(),
+                defaults: Defaults::default(),
             }),
         );
         ns
@@ -493,8 +642,9 @@ mod tests {
     #[test]
     fn app_protocol_is_the_fallback_through_the_target_port_and_a_server_wins() {
         let mut ns = db_namespace();
+        let mesh = MeshPolicy::default();
         let key = WorkloadKey::parse("ns:shop/workload:db-1").unwrap();
-        assert!(ns.workload_state(&key).is_empty());
+        assert!(ns.workload_state(&key, &mesh).ports.is_empty());
         // Port 3306 sends to the named port 13306, which is what the proxy sees.
         let svc = service(
             &[("app", "db")],
@@ -508,11 +658,14 @@ mod tests {
             ],
         );
         ns.set_services(DeclaredService::of(&svc).into_iter().collect());
-        assert_eq!(ns.state(&key.port(3306)), InboundState::default());
-        let st = ns.state(&key.port(13306));
+        assert_eq!(ns.state(&key.port(3306), &mesh), InboundState::default());
+        let st = ns.state(&key.port(13306), &mesh);
         assert_eq!((st.server.as_str(), st.protocol), ("", AppProtocol::Opaque));
         assert_eq!(
-            ns.workload_state(&key).into_iter().collect::<Vec<_>>(),
+            ns.workload_state(&key, &mesh)
+                .ports
+                .into_iter()
+                .collect::<Vec<_>>(),
             vec![(13306, st.clone())]
         );
         // A Server on the same port says something else: it is more specific, it wins, even
@@ -523,7 +676,7 @@ mod tests {
             IntOrString::String("mysql".into()),
             ServerProtocol::Detect,
         )]);
-        let st = ns.state(&key.port(13306));
+        let st = ns.state(&key.port(13306), &mesh);
         assert_eq!(
             (st.server.as_str(), st.protocol),
             ("shop/mysql", AppProtocol::Detect)
@@ -543,14 +696,17 @@ mod tests {
                 ServerProtocol::Opaque,
             ),
         ]);
-        let ports = ns.workload_state(&key);
-        assert_eq!(ports.keys().copied().collect::<Vec<_>>(), vec![9000, 13306]);
+        let ports = ns.workload_state(&key, &mesh).ports;
+        assert_eq!(
+            ports.keys().copied().collect::<BTreeSet<_>>(),
+            [9000, 13306].into()
+        );
         assert_eq!(ports[&9000].protocol, AppProtocol::Http1);
         assert_eq!(ports[&13306].protocol, AppProtocol::Opaque);
         // A Service that does not select the workload declares nothing for it.
         ns.set_servers(vec![]);
         let other = service(&[("app", "web")], vec![port(13306, None, Some("tcp"))]);
         ns.set_services(DeclaredService::of(&other).into_iter().collect());
-        assert!(ns.workload_state(&key).is_empty());
+        assert!(ns.workload_state(&key, &mesh).ports.is_empty());
     }
 }

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::inbound::authorization::{Defaults, PolicyMemory};
 use crate::inbound::{
-    self, InboundKey, InboundState, Member, NamespaceInbound, WorkloadKey, WorkloadKind,
-    WorkloadPorts,
+    self, InboundKey, InboundState, Member, MeshPolicy, NamespaceInbound, WorkloadKey,
+    WorkloadKind, WorkloadPorts,
 };
 use crate::metrics::{KindLabel, Metrics};
 use crate::objects::{Change, Dirty, Kind, ObjKey, Objects};
@@ -70,18 +71,18 @@ impl Shared {
         self.views.get(key)?.ports.get(&port).cloned()
     }
 
-    fn inbound_state(&self, key: &InboundKey) -> InboundState {
-        self.namespaces
-            .get(&key.namespace)
-            .map(|ns| ns.state(key))
-            .unwrap_or_default()
+    fn inbound_state(&self, key: &InboundKey, mesh: &MeshPolicy) -> InboundState {
+        match self.namespaces.get(&key.namespace) {
+            Some(ns) => ns.state(key, mesh),
+            None => NamespaceInbound::default().state(key, mesh),
+        }
     }
 
-    fn workload_state(&self, key: &WorkloadKey) -> WorkloadPorts {
-        self.namespaces
-            .get(&key.namespace)
-            .map(|ns| ns.workload_state(key))
-            .unwrap_or_default()
+    fn workload_state(&self, key: &WorkloadKey, mesh: &MeshPolicy) -> WorkloadPorts {
+        match self.namespaces.get(&key.namespace) {
+            Some(ns) => ns.workload_state(key, mesh),
+            None => NamespaceInbound::default().workload_state(key, mesh),
+        }
     }
 }
 
@@ -102,16 +103,28 @@ pub struct Index {
     shared: Mutex<Shared>,
     pub metrics: Arc<Metrics>,
     naming: Naming,
+    mesh: MeshPolicy,
     ready: watch::Sender<bool>,
     status: watch::Sender<Arc<StatusReport>>,
 }
 
 impl Index {
+    /// An index with the default mesh-wide policy (permissive mTLS, all-unauthenticated).
     pub fn new(naming: Naming, metrics: Arc<Metrics>) -> Arc<Self> {
+        let mesh = MeshPolicy {
+            trust_domain: naming.trust_domain.clone(),
+            ..MeshPolicy::default()
+        };
+        Self::with_policy(naming, metrics, mesh)
+    }
+
+    /// An index whose ports default to `mesh` (its trust domain is `mesh.trust_domain`).
+    pub fn with_policy(naming: Naming, metrics: Arc<Metrics>, mesh: MeshPolicy) -> Arc<Self> {
         Arc::new(Self {
             shared: Mutex::new(Shared::default()),
             metrics,
             naming,
+            mesh,
             ready: watch::channel(false).0,
             status: watch::channel(Arc::new(StatusReport::new())).0,
         })
@@ -119,6 +132,11 @@ impl Index {
 
     pub fn naming(&self) -> &Naming {
         &self.naming
+    }
+
+    /// The mesh-wide inbound policy defaults.
+    pub fn mesh_policy(&self) -> &MeshPolicy {
+        &self.mesh
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -159,7 +177,7 @@ impl Index {
         if let Some(tx) = s.inbound.get(&key) {
             return tx.subscribe();
         }
-        let value = s.inbound_state(&key);
+        let value = s.inbound_state(&key, &self.mesh);
         let (tx, rx) = watch::channel(value);
         s.inbound.insert(key, tx);
         rx
@@ -171,7 +189,7 @@ impl Index {
         if let Some(tx) = s.workloads.get(&key) {
             return tx.subscribe();
         }
-        let value = s.workload_state(&key);
+        let value = s.workload_state(&key, &self.mesh);
         let (tx, rx) = watch::channel(value);
         s.workloads.insert(key, tx);
         rx
@@ -299,6 +317,35 @@ impl Index {
             .iter()
             .map(|m| (m, Member::of(objs, m.0, &m.1)))
             .collect();
+        let mut policies_changed = false;
+        for ((kind, key), member) in &members {
+            let problems = member.as_ref().map(|m| m.problems()).unwrap_or_default();
+            let k = match kind {
+                WorkloadKind::Pod => Kind::Pod,
+                WorkloadKind::Workload => Kind::Workload,
+            };
+            policies_changed |= state.set_annotation_problems(k, key, problems);
+        }
+        let mut ns_policies = Vec::new();
+        for ns in &dirty.inbound_policies {
+            policies_changed |= state.memory.refresh(objs, ns, &self.mesh.trust_domain);
+            let defaults = objs
+                .namespaces
+                .get(&ObjKey::new("", ns.clone()))
+                .map(|n| Defaults::from_annotations(&n.annotations))
+                .unwrap_or_default();
+            policies_changed |= state.set_annotation_problems(
+                Kind::Namespace,
+                &ObjKey::new("", ns.clone()),
+                &defaults.problems,
+            );
+            ns_policies.push((
+                ns.clone(),
+                state.memory.authz_of(ns),
+                state.memory.egress_of(ns),
+                defaults,
+            ));
+        }
         let mut s = self.lock();
         for (key, view) in views {
             let old = match &view {
@@ -349,10 +396,17 @@ impl Index {
                 .or_default()
                 .set_member(*kind, &key.name, member);
         }
+        for (ns, authz, egress, defaults) in ns_policies {
+            let n = s.namespaces.entry(ns).or_default();
+            n.set_policies(authz, egress);
+            n.set_defaults(defaults);
+        }
         if !dirty.inbound_servers.is_empty()
             || !dirty.inbound_services.is_empty()
             || !dirty.inbound_members.is_empty()
+            || !dirty.inbound_policies.is_empty()
         {
+            let mesh = &self.mesh;
             let Shared {
                 inbound,
                 workloads,
@@ -362,25 +416,26 @@ impl Index {
             let touched = |namespace: &str, kind: WorkloadKind, name: &str| {
                 dirty.inbound_servers.contains(namespace)
                     || dirty.inbound_services.contains(namespace)
+                    || dirty.inbound_policies.contains(namespace)
                     || dirty
                         .inbound_members
                         .contains(&(kind, ObjKey::new(namespace, name)))
             };
             for (key, tx) in inbound.iter() {
                 if touched(&key.namespace, key.kind, &key.name) {
-                    let value = namespaces
-                        .get(&key.namespace)
-                        .map(|n| n.state(key))
-                        .unwrap_or_default();
+                    let value = match namespaces.get(&key.namespace) {
+                        Some(n) => n.state(key, mesh),
+                        None => NamespaceInbound::default().state(key, mesh),
+                    };
                     publish(tx, value);
                 }
             }
             for (key, tx) in workloads.iter() {
                 if touched(&key.namespace, key.kind, &key.name) {
-                    let value = namespaces
-                        .get(&key.namespace)
-                        .map(|n| n.workload_state(key))
-                        .unwrap_or_default();
+                    let value = match namespaces.get(&key.namespace) {
+                        Some(n) => n.workload_state(key, mesh),
+                        None => NamespaceInbound::default().workload_state(key, mesh),
+                    };
                     publish(tx, value);
                 }
             }
@@ -392,7 +447,7 @@ impl Index {
         if dirty.conditions {
             state.conditions = state.report(objs);
         }
-        if dirty.conditions || workloads_changed {
+        if dirty.conditions || workloads_changed || policies_changed {
             let mut report = state.conditions.clone();
             report.extend(
                 state
@@ -400,6 +455,20 @@ impl Index {
                     .iter()
                     .map(|(k, st)| ((Kind::Workload, k.clone()), st.clone())),
             );
+            report.extend(state.memory.statuses(objs));
+            for (k, st) in &state.annotations {
+                match report.get_mut(k) {
+                    Some(existing) => match existing.entries.first_mut() {
+                        Some(e) => e
+                            .conditions
+                            .extend(st.entries.iter().flat_map(|e| e.conditions.clone())),
+                        None => existing.entries = st.entries.clone(),
+                    },
+                    None => {
+                        report.insert(k.clone(), st.clone());
+                    }
+                }
+            }
             let previous = self.status.borrow().clone();
             status::stamp(&mut report, &previous, &status::now_rfc3339());
             if report != *previous {
@@ -421,9 +490,40 @@ struct Derived {
     /// Conditions of Workloads that are, or were, invalid (updated per changed Workload, so
     /// that thousands of valid Workloads cost nothing here).
     workloads: BTreeMap<ObjKey, ObjectStatus>,
+    /// Authorization and egress policies: the versions in force and their conditions.
+    memory: PolicyMemory,
+    /// Namespaces, Pods and Workloads whose policy annotations are invalid.
+    annotations: BTreeMap<(Kind, ObjKey), ObjectStatus>,
 }
 
 impl Derived {
+    /// Records the annotation problems of an object; true when that changed the report.
+    fn set_annotation_problems(&mut self, kind: Kind, key: &ObjKey, problems: &[String]) -> bool {
+        let id = (kind, key.clone());
+        if problems.is_empty() {
+            return self.annotations.remove(&id).is_some();
+        }
+        let st = ObjectStatus {
+            kind: kind.as_str().into(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            entries: vec![StatusEntry {
+                parent_ref: None,
+                conditions: vec![status::Condition::fail(
+                    "PolicyDefaultsAccepted",
+                    "InvalidAnnotation",
+                    &problems.join("; "),
+                    None,
+                )],
+            }],
+        };
+        if self.annotations.get(&id) == Some(&st) {
+            return false;
+        }
+        self.annotations.insert(id, st);
+        true
+    }
+
     /// Reconverts routes and policies and marks the Services whose profile changed.
     fn refresh_routes(&mut self, objs: &Objects, naming: &Naming, dirty: &mut Dirty) {
         self.http = objs

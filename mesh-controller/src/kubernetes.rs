@@ -1,7 +1,8 @@
 //! Kubernetes backend: watches feeding the index, and status writes by the leader.
 //!
 //! One kube-rs watcher per kind (Services, EndpointSlices, Pods, Workloads, Servers,
-//! BackendPolicies, HTTPRoutes, GRPCRoutes). Objects are watched untyped and converted one by
+//! BackendPolicies, HTTPRoutes, GRPCRoutes, Namespaces, AuthorizationPolicies,
+//! EgressPolicies). Objects are watched untyped and converted one by
 //! one, so that a malformed object is skipped and counted instead of failing the whole list
 //! and stalling the watch. A (re)list becomes one `Reset` of that kind; watch errors are
 //! retried with kube's default backoff, resuming from the last resourceVersion. A kind whose
@@ -20,18 +21,18 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
-use mesh_crds::{BackendPolicy, Server, Workload};
+use mesh_crds::{AuthorizationPolicy, BackendPolicy, EgressPolicy, Server, Workload};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Input;
 use crate::metrics::{KindLabel, Metrics};
-use crate::objects::{Change, Kind, ObjKey, Object, PodInfo};
+use crate::objects::{Change, Kind, NamespaceInfo, ObjKey, Object, PodInfo};
 use crate::status::{ObjectStatus, StatusReport, CONTROLLER_NAME};
 
 /// Starts one watcher per kind; sends `Synced` once every kind has been listed.
@@ -51,6 +52,13 @@ pub fn spawn_watches(client: Client, tx: mpsc::Sender<Input>, metrics: Arc<Metri
     ctx.spawn::<BackendPolicy>(Kind::BackendPolicy, |o| Object::BackendPolicy(Arc::new(o)));
     ctx.spawn::<HttpRoute>(Kind::HttpRoute, |o| Object::HttpRoute(Arc::new(o)));
     ctx.spawn::<GrpcRoute>(Kind::GrpcRoute, |o| Object::GrpcRoute(Arc::new(o)));
+    ctx.spawn::<Namespace>(Kind::Namespace, |o| {
+        Object::Namespace(Arc::new(NamespaceInfo::from_namespace(&o)))
+    });
+    ctx.spawn::<AuthorizationPolicy>(Kind::AuthorizationPolicy, |o| {
+        Object::AuthorizationPolicy(Arc::new(o))
+    });
+    ctx.spawn::<EgressPolicy>(Kind::EgressPolicy, |o| Object::EgressPolicy(Arc::new(o)));
 }
 
 #[derive(Clone)]
@@ -141,6 +149,9 @@ impl WatchCtx {
                     Some(obj) => Change::Apply(obj),
                     None => continue,
                 },
+                Ok(watcher::Event::Delete(o)) if kind == Kind::Namespace => {
+                    Change::Delete(kind, ObjKey::new("", kube::ResourceExt::name_any(&o)))
+                }
                 Ok(watcher::Event::Delete(o)) => Change::Delete(kind, ObjKey::of(&o)),
                 Err(e) => {
                     self.metrics.watch_errors.get_or_create(&label).inc();
@@ -219,6 +230,8 @@ fn api_for(client: &Client, kind: Kind, ns: &str) -> Option<Api<DynamicObject>> 
         Kind::BackendPolicy => ApiResource::erase::<BackendPolicy>(&()),
         Kind::Workload => ApiResource::erase::<Workload>(&()),
         Kind::Server => ApiResource::erase::<Server>(&()),
+        Kind::AuthorizationPolicy => ApiResource::erase::<AuthorizationPolicy>(&()),
+        Kind::EgressPolicy => ApiResource::erase::<EgressPolicy>(&()),
         _ => return None,
     };
     Some(Api::namespaced_with(client.clone(), ns, &ar))

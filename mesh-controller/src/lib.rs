@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod args;
 pub mod grpc;
+pub mod identity;
 pub mod inbound;
 pub mod index;
 pub mod kubernetes;
@@ -20,6 +21,7 @@ pub mod local;
 pub mod metrics;
 pub mod objects;
 pub mod policies;
+pub mod policy_args;
 pub mod resolve;
 pub mod routes;
 pub mod services;
@@ -41,6 +43,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub index: Arc<Index>,
+    /// The CA (off when no identity material is configured).
+    pub identity: Arc<identity::IdentityState>,
     shutdown: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     source: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -79,7 +83,11 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
         cluster_domain: args.cluster_domain.clone(),
         trust_domain: args.trust_domain.clone(),
     };
-    let index = Index::new(naming, metrics.clone());
+    let index = Index::with_policy(
+        naming,
+        metrics.clone(),
+        args.policy.mesh_policy(&args.trust_domain),
+    );
     let (tx, rx) = mpsc::channel(4096);
     let grpc_listener = TcpListener::bind(args.grpc_addr)
         .await
@@ -91,6 +99,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
     let admin_addr = admin_listener.local_addr()?;
 
     let mut tasks = vec![tokio::spawn(index.clone().run(rx))];
+    let mut kube_client = None;
     let (files, source_name, source) = match args.source {
         Source::Local => {
             let dir = args.config_dir.clone().context(
@@ -113,6 +122,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
                 Some(c) => c,
                 None => kubernetes::client_from_environment().await?,
             };
+            kube_client = Some(client.clone());
             kubernetes::spawn_watches(client.clone(), tx, metrics.clone());
             let (leader_tx, leader_rx) = watch::channel(false);
             tasks.push(tokio::spawn(kubernetes::lead(
@@ -134,19 +144,24 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
             )
         }
     };
+    let (identity, identity_tasks) = identity::setup(&args, kube_client, metrics.clone());
+    tasks.extend(identity_tasks);
     let admin = admin::Admin {
         index: index.clone(),
         files,
         source: source_name,
+        identity: identity.clone(),
     };
     tasks.push(tokio::spawn(admin.serve(admin_listener)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let grpc_index = index.clone();
+    let grpc_identity = identity.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {
             let _ = stop_rx.await;
         };
-        if let Err(e) = grpc::serve(grpc_index, grpc_listener, stop).await {
+        if let Err(e) = grpc::serve_all(grpc_index, Some(grpc_identity), grpc_listener, stop).await
+        {
             tracing::error!("gRPC server failed: {e}");
         }
     }));
@@ -155,6 +170,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
         grpc_addr,
         admin_addr,
         index,
+        identity,
         shutdown: Some(stop_tx),
         tasks,
         source,

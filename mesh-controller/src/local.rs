@@ -5,7 +5,8 @@
 //! same `apiVersion`s, so the same route and policy objects move between local mode and
 //! Kubernetes unchanged: `v1` Service, `discovery.k8s.io/v1` EndpointSlice,
 //! `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute, `mesh.dev/v1alpha1` Workload,
-//! Server and BackendPolicy. A missing namespace means `default`.
+//! Server, BackendPolicy, AuthorizationPolicy and EgressPolicy, and `v1` Namespace (for its
+//! policy-default annotations). A missing namespace means `default`.
 //!
 //! The directory is watched (inotify via `notify`, plus a slow rescan as a safety net). A file
 //! that does not parse or validate is reported with its path, document number and field, and
@@ -20,9 +21,10 @@ use std::time::Duration;
 
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use mesh_crds::{BackendPolicy, Server, Workload};
+use mesh_crds::{AuthorizationPolicy, BackendPolicy, EgressPolicy, Server, Workload};
 use notify::event::{CreateKind, ModifyKind, RemoveKind};
 use notify::{EventKind, Watcher};
 use serde::de::DeserializeOwned;
@@ -30,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::index::Input;
 use crate::metrics::{KindLabel, Metrics};
-use crate::objects::{Change, Kind, ObjKey, Object, Objects};
+use crate::objects::{Change, Kind, NamespaceInfo, ObjKey, Object, Objects};
 
 /// Rejected files and why, shared with the admin server.
 pub type FileErrors = Arc<Mutex<BTreeMap<PathBuf, String>>>;
@@ -77,7 +79,7 @@ fn de<T: DeserializeOwned>(value: serde_yaml_ng::Value) -> Result<T, String> {
     })
 }
 
-const SUPPORTED: &str = "v1 Service, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, mesh.dev/v1alpha1 Workload, Server and BackendPolicy";
+const SUPPORTED: &str = "v1 Service and Namespace, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 HTTPRoute and GRPCRoute, mesh.dev/v1alpha1 Workload, Server, BackendPolicy, AuthorizationPolicy and EgressPolicy";
 
 /// Parses one YAML document into an object (None for an empty document).
 fn parse_doc(value: serde_yaml_ng::Value, cluster_domain: &str) -> Result<Option<Object>, String> {
@@ -120,6 +122,18 @@ fn parse_doc(value: serde_yaml_ng::Value, cluster_domain: &str) -> Result<Option
             Object::Workload(Arc::new(w))
         }
         ("mesh.dev/v1alpha1", "Server") => Object::Server(Arc::new(de::<Server>(value).map_err(ctx)?)),
+        ("v1", "Namespace") => {
+            let ns: Namespace = de(value).map_err(ctx)?;
+            Object::Namespace(Arc::new(NamespaceInfo::from_namespace(&ns)))
+        }
+        // Authorization and egress policies are checked by the index, which keeps the last
+        // valid version in force and reports the problem as the object's condition.
+        ("mesh.dev/v1alpha1", "AuthorizationPolicy") => {
+            Object::AuthorizationPolicy(Arc::new(de::<AuthorizationPolicy>(value).map_err(ctx)?))
+        }
+        ("mesh.dev/v1alpha1", "EgressPolicy") => {
+            Object::EgressPolicy(Arc::new(de::<EgressPolicy>(value).map_err(ctx)?))
+        }
         ("mesh.dev/v1alpha1", "BackendPolicy") => {
             let p: BackendPolicy = de(value).map_err(ctx)?;
             crate::policies::settings(&p).map_err(ctx)?;

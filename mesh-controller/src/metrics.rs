@@ -17,6 +17,24 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Why a Certify request got no certificate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// A trust-anchor rotation phase (`idle`, `distributing`, `reissuing`, `retiring`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+/// What connected proxies hold: `connected`, `holding_bundle`, `on_current_issuer`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxiesLabel {
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Open proxy streams per API (destination, inbound).
@@ -37,6 +55,15 @@ pub struct Metrics {
     pub last_change: Gauge,
     /// Config files rejected (local mode).
     pub invalid_files: Gauge,
+    /// Leaf certificates signed.
+    pub certificates_issued: Counter,
+    /// Certify requests refused, per reason.
+    pub certify_refused: Family<ReasonLabel, Counter>,
+    /// 1 for the current trust-anchor rotation phase, 0 for the others.
+    pub rotation_phase: Family<PhaseLabel, Gauge>,
+    /// Proxies on Identity.Watch streams, and how many hold the bundle / a leaf from the
+    /// current issuer.
+    pub identity_proxies: Family<ProxiesLabel, Gauge>,
 }
 
 impl Metrics {
@@ -52,6 +79,10 @@ impl Metrics {
             index_lag: Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             last_change: Gauge::default(),
             invalid_files: Gauge::default(),
+            certificates_issued: Counter::default(),
+            certify_refused: Family::default(),
+            rotation_phase: Family::default(),
+            identity_proxies: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams_open", "Open proxy streams", m.streams_open.clone());
@@ -90,6 +121,26 @@ impl Metrics {
             "invalid_files",
             "Local-mode files currently rejected",
             m.invalid_files.clone(),
+        );
+        registry.register(
+            "certificates_issued",
+            "Workload leaf certificates signed by Identity.Certify",
+            m.certificates_issued.clone(),
+        );
+        registry.register(
+            "certify_refused",
+            "Identity.Certify requests refused, by reason",
+            m.certify_refused.clone(),
+        );
+        registry.register(
+            "identity_rotation_phase",
+            "Trust-anchor rotation phase (1 for the current phase)",
+            m.rotation_phase.clone(),
+        );
+        registry.register(
+            "identity_proxies",
+            "Proxies on Identity.Watch streams, and how many hold the current bundle and a leaf from the current issuer",
+            m.identity_proxies.clone(),
         );
         Self { registry, ..m }
     }

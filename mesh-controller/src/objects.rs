@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use mesh_crds::{BackendPolicy, Server, Workload};
+use mesh_crds::{AuthorizationPolicy, BackendPolicy, EgressPolicy, Server, Workload};
 
 use crate::inbound::WorkloadKind;
 
@@ -64,10 +65,13 @@ pub enum Kind {
     BackendPolicy,
     HttpRoute,
     GrpcRoute,
+    Namespace,
+    AuthorizationPolicy,
+    EgressPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
@@ -76,6 +80,9 @@ impl Kind {
         Kind::BackendPolicy,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::Namespace,
+        Kind::AuthorizationPolicy,
+        Kind::EgressPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +95,9 @@ impl Kind {
             Kind::BackendPolicy => "BackendPolicy",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::Namespace => "Namespace",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::EgressPolicy => "EgressPolicy",
         }
     }
 }
@@ -108,6 +118,40 @@ pub struct PodInfo {
     pub meshed: bool,
     /// Named container ports, for `targetPort` and Server port names.
     pub ports: BTreeMap<String, u16>,
+    /// The Pod's `mesh.dev/...` annotations (inbound policy defaults).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Prefix of the annotations the mesh reads on Namespaces, Pods and Workloads.
+pub const ANNOTATION_PREFIX: &str = "mesh.dev/";
+
+/// The `mesh.dev/...` annotations of an object.
+pub fn mesh_annotations(all: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    all.iter()
+        .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// What the mesh needs to know about a Namespace: its name and `mesh.dev/...` annotations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl NamespaceInfo {
+    pub fn from_namespace(ns: &Namespace) -> Self {
+        Self {
+            name: ns.name_any(),
+            annotations: mesh_annotations(ns.annotations()),
+        }
+    }
+
+    /// Namespaces are cluster-scoped: their key has an empty namespace.
+    pub fn key(&self) -> ObjKey {
+        ObjKey::new("", self.name.clone())
+    }
 }
 
 impl PodInfo {
@@ -137,6 +181,7 @@ impl PodInfo {
                 .unwrap_or_else(|| "default".into()),
             meshed,
             ports,
+            annotations: mesh_annotations(pod.annotations()),
         }
     }
 }
@@ -152,6 +197,9 @@ pub enum Object {
     BackendPolicy(Arc<BackendPolicy>),
     HttpRoute(Arc<HttpRoute>),
     GrpcRoute(Arc<GrpcRoute>),
+    Namespace(Arc<NamespaceInfo>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    EgressPolicy(Arc<EgressPolicy>),
 }
 
 impl Object {
@@ -165,6 +213,9 @@ impl Object {
             Object::BackendPolicy(_) => Kind::BackendPolicy,
             Object::HttpRoute(_) => Kind::HttpRoute,
             Object::GrpcRoute(_) => Kind::GrpcRoute,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::EgressPolicy(_) => Kind::EgressPolicy,
         }
     }
 
@@ -180,6 +231,9 @@ impl Object {
             (Object::BackendPolicy(a), Object::BackendPolicy(b)) => Arc::ptr_eq(a, b),
             (Object::HttpRoute(a), Object::HttpRoute(b)) => Arc::ptr_eq(a, b),
             (Object::GrpcRoute(a), Object::GrpcRoute(b)) => Arc::ptr_eq(a, b),
+            (Object::Namespace(a), Object::Namespace(b)) => Arc::ptr_eq(a, b),
+            (Object::AuthorizationPolicy(a), Object::AuthorizationPolicy(b)) => Arc::ptr_eq(a, b),
+            (Object::EgressPolicy(a), Object::EgressPolicy(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
         ptr || self == other
@@ -195,6 +249,9 @@ impl Object {
             Object::BackendPolicy(o) => ObjKey::of(o.as_ref()),
             Object::HttpRoute(o) => ObjKey::of(o.as_ref()),
             Object::GrpcRoute(o) => ObjKey::of(o.as_ref()),
+            Object::Namespace(o) => o.key(),
+            Object::AuthorizationPolicy(o) => ObjKey::of(o.as_ref()),
+            Object::EgressPolicy(o) => ObjKey::of(o.as_ref()),
         }
     }
 }
@@ -229,6 +286,10 @@ pub struct Objects {
     pub policies: BTreeMap<ObjKey, Arc<BackendPolicy>>,
     pub http_routes: BTreeMap<ObjKey, Arc<HttpRoute>>,
     pub grpc_routes: BTreeMap<ObjKey, Arc<GrpcRoute>>,
+    /// Namespaces, keyed with an empty namespace and their name.
+    pub namespaces: BTreeMap<ObjKey, Arc<NamespaceInfo>>,
+    pub authorizations: BTreeMap<ObjKey, Arc<AuthorizationPolicy>>,
+    pub egresses: BTreeMap<ObjKey, Arc<EgressPolicy>>,
 }
 
 /// What a change touched, so that only that is recomputed.
@@ -246,6 +307,9 @@ pub struct Dirty {
     pub conditions: bool,
     /// Workloads whose condition (address validity) needs recomputing.
     pub workloads: BTreeSet<ObjKey>,
+    /// Namespaces whose authorization and egress policies or defaults (annotations) may
+    /// have changed.
+    pub inbound_policies: BTreeSet<String>,
 }
 
 impl Dirty {
@@ -256,6 +320,7 @@ impl Dirty {
             && self.inbound_members.is_empty()
             && !self.conditions
             && self.workloads.is_empty()
+            && self.inbound_policies.is_empty()
     }
 }
 
@@ -293,6 +358,9 @@ impl Objects {
             Kind::BackendPolicy => self.policies.len(),
             Kind::HttpRoute => self.http_routes.len(),
             Kind::GrpcRoute => self.grpc_routes.len(),
+            Kind::Namespace => self.namespaces.len(),
+            Kind::AuthorizationPolicy => self.authorizations.len(),
+            Kind::EgressPolicy => self.egresses.len(),
         }
     }
 
@@ -306,6 +374,9 @@ impl Objects {
             Kind::BackendPolicy => self.policies.keys().cloned().collect(),
             Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
             Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
+            Kind::Namespace => self.namespaces.keys().cloned().collect(),
+            Kind::AuthorizationPolicy => self.authorizations.keys().cloned().collect(),
+            Kind::EgressPolicy => self.egresses.keys().cloned().collect(),
         }
     }
 
@@ -319,6 +390,11 @@ impl Objects {
             Kind::BackendPolicy => Object::BackendPolicy(self.policies.get(key)?.clone()),
             Kind::HttpRoute => Object::HttpRoute(self.http_routes.get(key)?.clone()),
             Kind::GrpcRoute => Object::GrpcRoute(self.grpc_routes.get(key)?.clone()),
+            Kind::Namespace => Object::Namespace(self.namespaces.get(key)?.clone()),
+            Kind::AuthorizationPolicy => {
+                Object::AuthorizationPolicy(self.authorizations.get(key)?.clone())
+            }
+            Kind::EgressPolicy => Object::EgressPolicy(self.egresses.get(key)?.clone()),
         })
     }
 
@@ -399,6 +475,15 @@ impl Objects {
             }
             Object::GrpcRoute(o) => {
                 self.grpc_routes.insert(key, o);
+            }
+            Object::Namespace(o) => {
+                self.namespaces.insert(key, o);
+            }
+            Object::AuthorizationPolicy(o) => {
+                self.authorizations.insert(key, o);
+            }
+            Object::EgressPolicy(o) => {
+                self.egresses.insert(key, o);
             }
         }
     }
@@ -496,6 +581,15 @@ impl Objects {
             Kind::GrpcRoute => {
                 self.grpc_routes.remove(key);
             }
+            Kind::Namespace => {
+                self.namespaces.remove(key);
+            }
+            Kind::AuthorizationPolicy => {
+                self.authorizations.remove(key);
+            }
+            Kind::EgressPolicy => {
+                self.egresses.remove(key);
+            }
         }
     }
 
@@ -546,6 +640,8 @@ impl Objects {
                         .take_while(|(k, _)| k.namespace == namespace)
                         .map(|(k, _)| k.clone()),
                 );
+                // Policies' conditions say whether the Server they target exists.
+                dirty.inbound_policies.insert(namespace.clone());
                 dirty.inbound_servers.insert(namespace);
             }
             Object::BackendPolicy(p) => {
@@ -580,6 +676,19 @@ impl Objects {
             Object::GrpcRoute(r) => {
                 dirty.services.extend(crate::routes::grpc_parents(r));
                 dirty.conditions = true;
+            }
+            Object::Namespace(n) => {
+                dirty.inbound_policies.insert(n.name.clone());
+            }
+            Object::AuthorizationPolicy(p) => {
+                dirty
+                    .inbound_policies
+                    .insert(ObjKey::of(p.as_ref()).namespace);
+            }
+            Object::EgressPolicy(p) => {
+                dirty
+                    .inbound_policies
+                    .insert(ObjKey::of(p.as_ref()).namespace);
             }
         }
     }
@@ -685,6 +794,7 @@ mod tests {
             service_account: "web".into(),
             meshed: false,
             ports: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         };
         let mut d = Dirty::default();
         objs.apply(Change::Apply(Object::Pod(Arc::new(pod))), &mut d);

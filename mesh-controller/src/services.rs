@@ -216,12 +216,13 @@ fn endpoints(
                     ) {
                         e.protocol = p;
                     }
-                    e.identity = naming.identity(&pod.key.namespace, &pod.service_account);
                     // A meshed Pod's traffic is intercepted: peers connect to the app's
                     // port and iptables hands the connection to its proxy, which learns
-                    // the port from the original destination.
+                    // the port from the original destination. Only a proxy can prove the
+                    // identity, so only meshed endpoints carry one (clients use mTLS then).
                     if pod.meshed {
                         e.hint = ProtocolHint::MeshedH2 { inbound_port: None };
+                        e.identity = naming.identity(&pod.key.namespace, &pod.service_account);
                     }
                 }
                 out.insert(e.addr, e);
@@ -243,14 +244,14 @@ fn endpoints(
         let mut e = Endpoint::new(SocketAddr::new(ip, port));
         e.zone = w.spec.zone.clone();
         e.protocol = server_protocol(&wkey.namespace, w.labels(), &named, port).unwrap_or(declared);
-        e.identity = naming.identity(
-            &wkey.namespace,
-            w.spec.service_account.as_deref().unwrap_or("default"),
-        );
         if let Some(proxy) = &w.spec.proxy {
             e.hint = ProtocolHint::MeshedH2 {
                 inbound_port: proxy.inbound_port,
             };
+            e.identity = naming.identity(
+                &wkey.namespace,
+                w.spec.service_account.as_deref().unwrap_or("default"),
+            );
         }
         out.insert(e.addr, e);
     }

@@ -14,6 +14,10 @@ use crate::{
     QueryParamMatch, RetryBudget, RetryOn, RetryPolicy, Route, RouteMatch, ServiceProfile,
     WeightedBackend,
 };
+use crate::{
+    Authorization, Cidr, ClientMatch, DefaultPolicy, Egress, EgressMatch, InboundTls, PortPolicy,
+    Rule, WorkloadPolicy,
+};
 
 pub fn addr_from_proto(a: &pb::TcpAddress) -> Result<SocketAddr, InvalidValue> {
     let ip = match a.ip.len() {
@@ -594,6 +598,291 @@ impl From<&ServiceProfile> for pb::ServiceProfile {
     }
 }
 
+/// The model's inbound TLS mode from its wire value (unspecified: permissive).
+pub fn inbound_tls_from_proto(raw: i32, field: &str) -> Result<InboundTls, InvalidValue> {
+    match pb::InboundTls::try_from(raw) {
+        Ok(pb::InboundTls::Unspecified | pb::InboundTls::Permissive) => Ok(InboundTls::Permissive),
+        Ok(pb::InboundTls::Strict) => Ok(InboundTls::Strict),
+        Ok(pb::InboundTls::Disabled) => Ok(InboundTls::Disabled),
+        Err(_) => Err(InvalidValue::new(
+            field,
+            format!("unknown inbound TLS mode {raw}"),
+        )),
+    }
+}
+
+pub fn inbound_tls_to_proto(t: InboundTls) -> pb::InboundTls {
+    match t {
+        InboundTls::Permissive => pb::InboundTls::Permissive,
+        InboundTls::Strict => pb::InboundTls::Strict,
+        InboundTls::Disabled => pb::InboundTls::Disabled,
+    }
+}
+
+/// The model's default policy from its wire value (unspecified: all-unauthenticated).
+pub fn default_policy_from_proto(raw: i32, field: &str) -> Result<DefaultPolicy, InvalidValue> {
+    use pb::DefaultPolicy as P;
+    Ok(match P::try_from(raw) {
+        Ok(P::Unspecified | P::AllUnauthenticated) => DefaultPolicy::AllUnauthenticated,
+        Ok(P::AllAuthenticated) => DefaultPolicy::AllAuthenticated,
+        Ok(P::ClusterAuthenticated) => DefaultPolicy::ClusterAuthenticated,
+        Ok(P::Deny) => DefaultPolicy::Deny,
+        Ok(P::AuditAllAuthenticated) => DefaultPolicy::AuditAllAuthenticated,
+        Ok(P::AuditClusterAuthenticated) => DefaultPolicy::AuditClusterAuthenticated,
+        Ok(P::AuditDeny) => DefaultPolicy::AuditDeny,
+        Err(_) => {
+            return Err(InvalidValue::new(
+                field,
+                format!("unknown default policy {raw}"),
+            ))
+        }
+    })
+}
+
+pub fn default_policy_to_proto(p: DefaultPolicy) -> pb::DefaultPolicy {
+    use pb::DefaultPolicy as P;
+    match p {
+        DefaultPolicy::AllUnauthenticated => P::AllUnauthenticated,
+        DefaultPolicy::AllAuthenticated => P::AllAuthenticated,
+        DefaultPolicy::ClusterAuthenticated => P::ClusterAuthenticated,
+        DefaultPolicy::Deny => P::Deny,
+        DefaultPolicy::AuditAllAuthenticated => P::AuditAllAuthenticated,
+        DefaultPolicy::AuditClusterAuthenticated => P::AuditClusterAuthenticated,
+        DefaultPolicy::AuditDeny => P::AuditDeny,
+    }
+}
+
+fn client_from_proto(c: &pb::ClientMatch) -> Result<ClientMatch, InvalidValue> {
+    use pb::client_match::Kind as K;
+    Ok(match &c.kind {
+        Some(K::Identity(s)) => ClientMatch::Identity(s.clone()),
+        Some(K::Namespace(s)) => ClientMatch::Namespace(s.clone()),
+        Some(K::Authenticated(_)) => ClientMatch::Authenticated,
+        Some(K::Unauthenticated(_)) => ClientMatch::Unauthenticated,
+        Some(K::Network(s)) => {
+            ClientMatch::Network(Cidr::parse(s).map_err(|e| e.within("network"))?)
+        }
+        None => {
+            return Err(InvalidValue::new(
+                "kind",
+                "is required (identity, namespace, authenticated, unauthenticated or network)",
+            ))
+        }
+    })
+}
+
+fn client_to_proto(c: &ClientMatch) -> pb::ClientMatch {
+    use pb::client_match::Kind as K;
+    pb::ClientMatch {
+        kind: Some(match c {
+            ClientMatch::Identity(s) => K::Identity(s.clone()),
+            ClientMatch::Namespace(s) => K::Namespace(s.clone()),
+            ClientMatch::Authenticated => K::Authenticated(pb::Empty {}),
+            ClientMatch::Unauthenticated => K::Unauthenticated(pb::Empty {}),
+            ClientMatch::Network(n) => K::Network(n.to_string()),
+        }),
+    }
+}
+
+/// An authorization from its message; `trust_domain` is the mesh's (for
+/// `cluster-authenticated` and namespace matches). Absent: all-unauthenticated.
+pub fn authorization_from_proto(
+    a: Option<&pb::Authorization>,
+    trust_domain: &str,
+) -> Result<Authorization, InvalidValue> {
+    let Some(a) = a else {
+        return Ok(Authorization::new(
+            DefaultPolicy::AllUnauthenticated,
+            Vec::new(),
+            trust_domain,
+        ));
+    };
+    let default = default_policy_from_proto(a.default_policy, "default_policy")?;
+    let rules = a
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let within = |e: InvalidValue| e.within(format!("rules[{i}]"));
+            let clients = r
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(j, c)| client_from_proto(c).map_err(|e| e.within(format!("clients[{j}]"))))
+                .collect::<Result<_, _>>()
+                .map_err(within)?;
+            let routes = r
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(j, m)| RouteMatch::try_from(m).map_err(|e| e.within(format!("routes[{j}]"))))
+                .collect::<Result<_, _>>()
+                .map_err(within)?;
+            let rule = Rule {
+                name: r.name.as_str().into(),
+                clients,
+                routes,
+                audit: r.audit,
+            };
+            rule.validate().map_err(within)?;
+            Ok(rule)
+        })
+        .collect::<Result<_, InvalidValue>>()?;
+    Ok(Authorization::new(default, rules, trust_domain))
+}
+
+impl From<&Authorization> for pb::Authorization {
+    fn from(a: &Authorization) -> Self {
+        pb::Authorization {
+            default_policy: default_policy_to_proto(a.default_policy()) as i32,
+            rules: a
+                .rules()
+                .iter()
+                .map(|r| pb::AuthorizationRule {
+                    name: r.name.to_string(),
+                    clients: r.clients.iter().map(client_to_proto).collect(),
+                    routes: r.routes.iter().map(Into::into).collect(),
+                    audit: r.audit,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A port's policy from its message.
+pub fn port_policy_from_proto(
+    p: &pb::InboundPolicy,
+    trust_domain: &str,
+) -> Result<PortPolicy, InvalidValue> {
+    Ok(PortPolicy {
+        server: p.server.clone(),
+        protocol: protocol_from_proto(p.protocol, "protocol")?,
+        tls: inbound_tls_from_proto(p.tls, "tls")?,
+        authorization: authorization_from_proto(p.authorization.as_ref(), trust_domain)
+            .map_err(|e| e.within("authorization"))?,
+    })
+}
+
+impl From<&PortPolicy> for pb::InboundPolicy {
+    fn from(p: &PortPolicy) -> Self {
+        pb::InboundPolicy {
+            server: p.server.clone(),
+            protocol: protocol_to_proto(p.protocol) as i32,
+            tls: inbound_tls_to_proto(p.tls) as i32,
+            authorization: Some((&p.authorization).into()),
+        }
+    }
+}
+
+fn egress_match_from_proto(m: &pb::EgressMatch) -> Result<EgressMatch, InvalidValue> {
+    use pb::egress_match::Kind as K;
+    match &m.kind {
+        Some(K::Host(h)) => Ok(EgressMatch::Host(h.to_ascii_lowercase())),
+        Some(K::Network(n)) => Ok(EgressMatch::Network(
+            Cidr::parse(n).map_err(|e| e.within("network"))?,
+        )),
+        None => Err(InvalidValue::new("kind", "is required (host or network)")),
+    }
+}
+
+fn egress_match_to_proto(m: &EgressMatch) -> pb::EgressMatch {
+    use pb::egress_match::Kind as K;
+    pb::EgressMatch {
+        kind: Some(match m {
+            EgressMatch::Host(h) => K::Host(h.clone()),
+            EgressMatch::Network(n) => K::Network(n.to_string()),
+        }),
+    }
+}
+
+impl TryFrom<&pb::Egress> for Egress {
+    type Error = InvalidValue;
+
+    fn try_from(e: &pb::Egress) -> Result<Self, Self::Error> {
+        let list = |l: &[pb::EgressMatch], field: &str| {
+            l.iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    egress_match_from_proto(m).map_err(|e| e.within(format!("{field}[{i}]")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let egress = Egress {
+            name: e.name.as_str().into(),
+            default_allow: e.default_allow,
+            allow: list(&e.allow, "allow")?,
+            deny: list(&e.deny, "deny")?,
+            audit: e.audit,
+        };
+        egress.validate()?;
+        Ok(egress)
+    }
+}
+
+impl From<&Egress> for pb::Egress {
+    fn from(e: &Egress) -> Self {
+        pb::Egress {
+            default_allow: e.default_allow,
+            allow: e.allow.iter().map(egress_match_to_proto).collect(),
+            deny: e.deny.iter().map(egress_match_to_proto).collect(),
+            audit: e.audit,
+            name: e.name.to_string(),
+        }
+    }
+}
+
+/// A workload's policy from its message; errors name the field (`ports[8080].tls`).
+/// `trust_domain` is the mesh's. An absent `default_port` is the detect / permissive /
+/// all-unauthenticated default.
+pub fn workload_policy_from_proto(
+    p: &pb::WorkloadPolicy,
+    trust_domain: &str,
+) -> Result<WorkloadPolicy, InvalidValue> {
+    let mut ports = std::collections::HashMap::with_capacity(p.ports.len());
+    for (port, policy) in &p.ports {
+        let field = format!("ports[{port}]");
+        let n = u16::try_from(*port)
+            .ok()
+            .filter(|n| *n != 0)
+            .ok_or_else(|| InvalidValue::new(field.clone(), "is not a TCP port"))?;
+        ports.insert(
+            n,
+            port_policy_from_proto(policy, trust_domain).map_err(|e| e.within(&field))?,
+        );
+    }
+    let default_port = match &p.default_port {
+        Some(d) => port_policy_from_proto(d, trust_domain).map_err(|e| e.within("default_port"))?,
+        None => PortPolicy {
+            authorization: authorization_from_proto(None, trust_domain)?,
+            ..Default::default()
+        },
+    };
+    let egress = p
+        .egress
+        .as_ref()
+        .map(|e| Egress::try_from(e).map_err(|e| e.within("egress")))
+        .transpose()?;
+    Ok(WorkloadPolicy {
+        ports,
+        default_port,
+        egress,
+    })
+}
+
+impl From<&WorkloadPolicy> for pb::WorkloadPolicy {
+    fn from(w: &WorkloadPolicy) -> Self {
+        pb::WorkloadPolicy {
+            ports: w
+                .ports
+                .iter()
+                .map(|(port, p)| (u32::from(*port), p.into()))
+                .collect(),
+            default_port: Some((&w.default_port).into()),
+            egress: w.egress.as_ref().map(Into::into),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -801,5 +1090,160 @@ policy:
         fn arbitrary_addresses_never_panic(ip in proptest::collection::vec(any::<u8>(), 0..20), port in any::<u32>()) {
             let _ = addr_from_proto(&pb::TcpAddress { ip, port });
         }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    fn shop_policy() -> WorkloadPolicy {
+        let rules = vec![
+            Rule {
+                name: "shop/orders/create".into(),
+                clients: vec![
+                    ClientMatch::Identity("spiffe://cluster.local/ns/shop/sa/web".into()),
+                    ClientMatch::Namespace("ops".into()),
+                    ClientMatch::Network(Cidr::parse("10.0.0.0/8").unwrap()),
+                ],
+                routes: vec![RouteMatch {
+                    method: Some("POST".into()),
+                    path: Some(PathMatch::Exact("/api/orders".into())),
+                    ..Default::default()
+                }],
+                audit: false,
+            },
+            Rule {
+                name: "shop/orders/health".into(),
+                clients: vec![ClientMatch::Authenticated, ClientMatch::Unauthenticated],
+                routes: vec![],
+                audit: true,
+            },
+        ];
+        let mut ports = std::collections::HashMap::new();
+        ports.insert(
+            8080,
+            PortPolicy {
+                server: "shop/orders".into(),
+                protocol: AppProtocol::Http1,
+                tls: InboundTls::Strict,
+                authorization: Authorization::new(DefaultPolicy::Deny, rules, "cluster.local"),
+            },
+        );
+        WorkloadPolicy {
+            ports,
+            default_port: PortPolicy {
+                authorization: Authorization::new(
+                    DefaultPolicy::AuditClusterAuthenticated,
+                    vec![],
+                    "cluster.local",
+                ),
+                tls: InboundTls::Disabled,
+                ..Default::default()
+            },
+            egress: Some(Egress {
+                name: "shop/out".into(),
+                default_allow: false,
+                allow: vec![EgressMatch::Host("*.example.com".into())],
+                deny: vec![EgressMatch::Network(Cidr::parse("192.0.2.0/24").unwrap())],
+                audit: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn workload_policy_round_trips() {
+        let w = shop_policy();
+        let msg = pb::WorkloadPolicy::from(&w);
+        assert_eq!(
+            workload_policy_from_proto(&msg, "cluster.local").unwrap(),
+            w
+        );
+    }
+
+    #[test]
+    fn empty_message_is_the_open_default() {
+        let w =
+            workload_policy_from_proto(&pb::WorkloadPolicy::default(), "cluster.local").unwrap();
+        assert_eq!(w, WorkloadPolicy::default());
+        assert!(w.egress.is_none());
+        // The protocol-only messages of earlier controllers still convert.
+        let mut msg = pb::WorkloadPolicy::default();
+        msg.ports.insert(
+            5432,
+            pb::InboundPolicy {
+                protocol: pb::Protocol::Opaque as i32,
+                ..Default::default()
+            },
+        );
+        let w = workload_policy_from_proto(&msg, "cluster.local").unwrap();
+        assert_eq!(w.port(5432).protocol, AppProtocol::Opaque);
+        assert_eq!(w.port(5432).tls, InboundTls::Permissive);
+        assert_eq!(
+            w.port(5432).authorization.default_policy(),
+            DefaultPolicy::AllUnauthenticated
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut msg = pb::WorkloadPolicy::from(&shop_policy());
+        let p = msg.ports.get_mut(&8080).unwrap();
+        p.authorization.as_mut().unwrap().rules[0].clients[2] = pb::ClientMatch {
+            kind: Some(pb::client_match::Kind::Network("10.0.0.0/99".into())),
+        };
+        let e = workload_policy_from_proto(&msg, "cluster.local").unwrap_err();
+        assert_eq!(
+            e.field,
+            "ports[8080].authorization.rules[0].clients[2].network"
+        );
+
+        let mut msg = pb::WorkloadPolicy::from(&shop_policy());
+        msg.ports.get_mut(&8080).unwrap().tls = 42;
+        let e = workload_policy_from_proto(&msg, "cluster.local").unwrap_err();
+        assert_eq!(e.field, "ports[8080].tls");
+
+        let mut msg = pb::WorkloadPolicy::from(&shop_policy());
+        msg.default_port
+            .as_mut()
+            .unwrap()
+            .authorization
+            .as_mut()
+            .unwrap()
+            .default_policy = 99;
+        let e = workload_policy_from_proto(&msg, "cluster.local").unwrap_err();
+        assert_eq!(e.field, "default_port.authorization.default_policy");
+
+        let mut msg = pb::WorkloadPolicy::from(&shop_policy());
+        msg.egress
+            .as_mut()
+            .unwrap()
+            .allow
+            .push(pb::EgressMatch { kind: None });
+        let e = workload_policy_from_proto(&msg, "cluster.local").unwrap_err();
+        assert_eq!(e.field, "egress.allow[1].kind");
+
+        let mut msg = pb::WorkloadPolicy::from(&shop_policy());
+        msg.ports.insert(0, pb::InboundPolicy::default());
+        let e = workload_policy_from_proto(&msg, "cluster.local").unwrap_err();
+        assert_eq!(e.field, "ports[0]");
+
+        let mut msg = pb::WorkloadPolicy::from(&shop_policy());
+        let rule = &mut msg
+            .ports
+            .get_mut(&8080)
+            .unwrap()
+            .authorization
+            .as_mut()
+            .unwrap()
+            .rules[0];
+        rule.clients[0] = pb::ClientMatch {
+            kind: Some(pb::client_match::Kind::Identity("web".into())),
+        };
+        let e = workload_policy_from_proto(&msg, "cluster.local").unwrap_err();
+        assert_eq!(
+            e.field,
+            "ports[8080].authorization.rules[0].clients[0].identity"
+        );
     }
 }

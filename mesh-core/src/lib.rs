@@ -6,6 +6,7 @@
 //! types (naming the offending field on error) and back.
 
 pub mod authority;
+pub mod authz;
 pub mod convert;
 pub mod endpoint;
 pub mod error;
@@ -14,6 +15,10 @@ pub mod policy;
 pub mod route;
 
 pub use authority::Authority;
+pub use authz::{
+    Authorization, Cidr, Client, ClientMatch, DefaultPolicy, Denial, DenyReason, Egress,
+    EgressMatch, InboundTls, PortPolicy, Rule, Verdict, WorkloadPolicy,
+};
 pub use endpoint::{AppProtocol, Endpoint, ProtocolHint};
 pub use error::InvalidValue;
 pub use identity::Identity;

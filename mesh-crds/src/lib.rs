@@ -6,6 +6,9 @@
 //!   host, a process in local mode), selected by Services through its labels, like a Pod.
 //! - [`Server`]: a port of the workloads that a label selector picks, with the protocol the
 //!   proxy should expect there (so that detection can be skipped, or opaque TCP forced).
+//! - [`AuthorizationPolicy`]: which clients may call which routes of a Server (or of every
+//!   port of a namespace), enforced or in audit mode.
+//! - [`EgressPolicy`]: what workloads may reach outside the mesh, by host name or CIDR.
 //! - [`BackendPolicy`]: resilience for traffic *to* a Service (or to one route): load-balancer
 //!   choice, retries, the retry budget, circuit breaking and a default request timeout.
 //!
@@ -118,6 +121,224 @@ pub struct ServerSpec {
     /// What the proxy should expect on this port. Default `Detect`.
     #[serde(default)]
     pub protocol: ServerProtocol,
+    /// mTLS mode of the port: `permissive` (mTLS and plaintext), `strict` (mTLS only) or
+    /// `disabled` (no TLS termination). Default: the workload's, namespace's or mesh's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<InboundTlsMode>,
+}
+
+/// mTLS mode of an inbound port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundTlsMode {
+    /// mTLS from meshed clients and plaintext from the rest.
+    Permissive,
+    /// mTLS only: plaintext connections are refused.
+    Strict,
+    /// No TLS termination: mTLS connections reach the app as opaque bytes.
+    Disabled,
+}
+
+/// Whether a policy is enforced or only reports what it would deny.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Traffic the policy does not allow is denied.
+    #[default]
+    Enforce,
+    /// Nothing changes for traffic; what enforcement would deny is counted and logged as
+    /// `would-deny`.
+    Audit,
+}
+
+impl PolicyMode {
+    fn is_enforce(&self) -> bool {
+        *self == PolicyMode::Enforce
+    }
+}
+
+/// Which clients may call which routes of a Server (or of every port of a namespace).
+///
+/// When at least one enforced policy targets a port, only the rules of the policies that
+/// target it allow anything there: the port's default policy no longer applies.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "mauthz",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    /// What the policy protects: a `Server` (its port on the workloads it selects) or the
+    /// policy's own `Namespace` (every port of every workload in it).
+    pub target_ref: PolicyTargetRef,
+    /// `enforce` (default) or `audit`.
+    #[serde(default, skip_serializing_if = "PolicyMode::is_enforce")]
+    pub mode: PolicyMode,
+    /// Each rule allows its clients to call its routes (all routes when it lists none).
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRuleSpec>,
+}
+
+/// The target of an [`AuthorizationPolicy`], in the policy's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct PolicyTargetRef {
+    /// `mesh.dev` for a Server, empty (or `core`) for a Namespace. Optional.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// `Server` or `Namespace`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One rule: these clients may call these routes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRuleSpec {
+    /// Name in metrics and logs (`<namespace>/<policy>/<name>`). Default: `rule-<index>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
+    /// Who: a client matching any entry is admitted.
+    pub clients: ClientsSpec,
+    /// What: any of these routes; empty allows every request on the port, and opaque TCP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<AuthorizationRouteSpec>,
+}
+
+/// Clients of a rule. A client matching any listed entry is admitted (the fields add up).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientsSpec {
+    /// SPIFFE IDs, exact (`spiffe://cluster.local/ns/shop/sa/web`) or a prefix ending in `*`
+    /// (`spiffe://cluster.local/ns/shop/*`); `*` alone is every authenticated client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
+    /// Service accounts (a shorthand for their SPIFFE IDs in the mesh's trust domain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<ServiceAccountRef>,
+    /// Every workload identity of these namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Any client with a valid mesh certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub authenticated: bool,
+    /// Any client at all, with or without a certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unauthenticated: bool,
+    /// Clients whose source address is in one of these CIDRs (`10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+}
+
+/// A service account, by name and namespace (default: the policy's).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct ServiceAccountRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A route of a rule: every condition given must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRouteSpec {
+    /// The request path: exactly one of `exact`, `prefix` (element-wise: `/api` matches
+    /// `/api/v1`, not `/apis`) or `regex` (the whole path must match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatchSpec>,
+    /// Upper-case HTTP method (`GET`). For gRPC every call is `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Headers that must be present with a matching value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatchSpec>,
+}
+
+/// A path match: exactly one field.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct PathMatchSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A header match: the name and exactly one of `exact` or `regex`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct HeaderMatchSpec {
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// What the selected workloads may reach outside the mesh (destinations discovery does not
+/// know, which the proxy otherwise passes through).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[kube(
+    group = "mesh.dev",
+    version = "v1alpha1",
+    kind = "EgressPolicy",
+    namespaced,
+    status = "PolicyStatus",
+    derive = "PartialEq",
+    shortname = "megress",
+    printcolumn = r#"{"name":"Default","type":"string","jsonPath":".spec.defaultAction"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPolicySpec {
+    /// Labels the Pods or Workloads must carry (all of them). Empty selects every workload of
+    /// the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workload_selector: BTreeMap<String, String>,
+    /// What happens to destinations that match neither `allow` nor `deny`. Default `Allow`.
+    #[serde(default)]
+    pub default_action: EgressAction,
+    /// Destinations allowed (checked after `deny`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<EgressDestination>,
+    /// Destinations denied (checked first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<EgressDestination>,
+    /// `enforce` (default) or `audit`.
+    #[serde(default, skip_serializing_if = "PolicyMode::is_enforce")]
+    pub mode: PolicyMode,
+}
+
+/// Default action of an [`EgressPolicy`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum EgressAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// A destination outside the mesh: exactly one of `host` or `network`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub struct EgressDestination {
+    /// A host name (`api.example.com`) or a suffix (`*.example.com`), matched against the
+    /// `Host` (or `:authority`) of HTTP requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A CIDR of destination addresses (`203.0.113.0/24`); the only match for opaque TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Protocol of a [`Server`] port.
@@ -285,7 +506,13 @@ pub struct PolicyStatus {
 
 /// Every CRD of the mesh, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Workload::crd(), Server::crd(), BackendPolicy::crd()]
+    vec![
+        Workload::crd(),
+        Server::crd(),
+        BackendPolicy::crd(),
+        AuthorizationPolicy::crd(),
+        EgressPolicy::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, ready for `kubectl apply -f -`.
@@ -308,6 +535,8 @@ mod tests {
         assert!(yaml.contains("name: backendpolicies.mesh.dev"));
         assert!(yaml.contains("name: workloads.mesh.dev"));
         assert!(yaml.contains("name: servers.mesh.dev"));
+        assert!(yaml.contains("name: authorizationpolicies.mesh.dev"));
+        assert!(yaml.contains("name: egresspolicies.mesh.dev"));
         assert!(
             yaml.contains(DURATION_PATTERN),
             "duration pattern in schema"
@@ -343,5 +572,49 @@ spec:
             "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: db}\nspec: {port: 1, protocol: SMTP}\n",
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn authorization_and_egress_parse_from_yaml() {
+        let p: AuthorizationPolicy = serde_yaml_ng::from_str(
+            r#"
+apiVersion: mesh.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: orders, namespace: shop}
+spec:
+  targetRef: {kind: Server, name: orders-http}
+  mode: audit
+  rules:
+  - name: create
+    clients:
+      identities: [spiffe://cluster.local/ns/shop/sa/web]
+      serviceAccounts: [{name: admin, namespace: ops}]
+    routes:
+    - path: {exact: /api/orders}
+      method: POST
+      headers: [{name: x-tenant, exact: a}]
+  - clients: {authenticated: true, networks: [10.0.0.0/8]}
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.spec.mode, PolicyMode::Audit);
+        assert_eq!(p.spec.rules.len(), 2);
+        assert_eq!(p.spec.rules[0].clients.service_accounts[0].name, "admin");
+        assert!(p.spec.rules[1].clients.authenticated);
+        let e: EgressPolicy = serde_yaml_ng::from_str(
+            "apiVersion: mesh.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: out}\nspec: {defaultAction: Deny, allow: [{host: '*.example.com'}]}\n",
+        )
+        .unwrap();
+        assert_eq!(e.spec.default_action, EgressAction::Deny);
+        assert_eq!(e.spec.mode, PolicyMode::Enforce);
+        let s: Server = serde_yaml_ng::from_str(
+            "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: db}\nspec: {port: 5432, tls: strict}\n",
+        )
+        .unwrap();
+        assert_eq!(s.spec.tls, Some(InboundTlsMode::Strict));
+        assert!(serde_yaml_ng::from_str::<Server>(
+            "apiVersion: mesh.dev/v1alpha1\nkind: Server\nmetadata: {name: db}\nspec: {port: 1, tls: Strict}\n"
+        )
+        .is_err());
     }
 }

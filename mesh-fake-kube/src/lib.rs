@@ -59,6 +59,16 @@
 //!   event in the history watches replay from. A write that changes nothing keeps the
 //!   resourceVersion. Writes to anything but metadata (and `.status`, for kinds with a status
 //!   subresource) bump `metadata.generation`.
+//! - Service-account tokens: `POST /api/v1/namespaces/{ns}/serviceaccounts/{sa}/token`
+//!   (TokenRequest: `spec.audiences`, `spec.expirationSeconds` of at least 600, the
+//!   ServiceAccount must exist) returns `status.token` and `status.expirationTimestamp`;
+//!   [`FakeApiServer::issue_token`] issues one without a request (any lifetime).
+//!   `POST /apis/authentication.k8s.io/v1/tokenreviews` checks tokens this server issued:
+//!   an unknown token, an expired one, one with no audience among `spec.audiences` (the
+//!   default audience `https://kubernetes.default.svc.cluster.local` when empty), or one
+//!   whose ServiceAccount was deleted gets `status.authenticated: false` and an `error`;
+//!   otherwise `status.user` (`system:serviceaccount:<ns>:<sa>`, the ServiceAccount's uid,
+//!   its groups) and `status.audiences`.
 //! - A little kind-specific behaviour: Services get a cluster IP from `10.96.0.0/12`,
 //!   `type: ClusterIP` and port `protocol`/`targetPort` defaults, and keep their cluster IP on
 //!   update; Namespaces get the `kubernetes.io/metadata.name` label and phase `Active`; Pods
@@ -80,7 +90,10 @@
 //! When it disagrees with a real API server, the real one wins: a difference that matters to
 //! a test is a bug here, not a behaviour to rely on. Known differences:
 //!
-//! - No authentication or authorization: any token (or none) is accepted; no RBAC, no 403s.
+//! - No authentication or authorization: any token (or none) is accepted on requests; no
+//!   RBAC, no 403s. Tokens from TokenRequest are opaque random strings, not signed JWTs,
+//!   and are not bound to Pods or Secrets (no `boundObjectRef`); `tokenreviews` and the
+//!   `token` subresource are not listed in discovery.
 //! - No TLS and no protobuf: plain HTTP/1.1 (and h2c) with JSON (YAML accepted on writes).
 //! - No admission: no webhooks are called (webhook configurations are only stored), no
 //!   admission plugins, no ValidatingAdmissionPolicy, no quota, no LimitRange.
@@ -129,6 +142,7 @@ mod resources;
 mod selector;
 mod server;
 mod store;
+mod tokens;
 mod util;
 mod watch;
 
@@ -359,6 +373,28 @@ impl FakeApiServer {
         self.shared
             .lock()
             .delete(&rt, namespace, name, &Preconditions::default(), false)
+    }
+
+    /// A service-account token for `namespace/service_account`, valid for `audiences` (the
+    /// server's default audience when empty) for `ttl`, as a TokenRequest would return it;
+    /// TokenReviews accept it until it expires. Unlike a TokenRequest through the API, the
+    /// ServiceAccount need not exist (if it does, deleting it invalidates the token) and
+    /// any `ttl` is accepted, even zero (an expired token).
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+        ttl: Duration,
+    ) -> String {
+        let uid = self
+            .object("v1", "serviceaccounts", Some(namespace), service_account)
+            .and_then(|sa| store::meta_str(&sa, "uid"));
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        self.shared
+            .tokens()
+            .issue(namespace, service_account, uid, audiences, ttl)
+            .0
     }
 
     /// The latest resourceVersion.

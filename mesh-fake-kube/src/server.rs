@@ -22,6 +22,7 @@ use crate::patch::{self, PatchType};
 use crate::resources::{Registry, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{ListOptions, Preconditions, Store, Target, WatchFrom};
+use crate::tokens::{self, Tokens};
 use crate::util::{parse_query, percent_decode};
 use crate::watch::{Filter, Watch};
 
@@ -38,6 +39,7 @@ const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 pub(crate) struct Shared {
     store: Mutex<Store>,
     requests: Mutex<Vec<String>>,
+    tokens: Mutex<Tokens>,
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK.
     pub(crate) bookmark_interval: Duration,
     /// Where the server listens.
@@ -49,6 +51,7 @@ impl Shared {
         Self {
             store: Mutex::new(Store::new()),
             requests: Mutex::new(Vec::new()),
+            tokens: Mutex::new(Tokens::default()),
             bookmark_interval,
             addr,
         }
@@ -58,6 +61,11 @@ impl Shared {
     /// matters for tests, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The service-account tokens issued so far.
+    pub(crate) fn tokens(&self) -> MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The request log.
@@ -231,6 +239,18 @@ async fn dispatch(
             group,
             version,
         )),
+        ["api", "v1", "namespaces", ns, "serviceaccounts", sa, "token"] => {
+            if call.method != Method::POST {
+                return Err(ApiError::method_not_allowed(call.method.as_str()));
+            }
+            token_request(shared, ns, sa, call).await
+        }
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => {
+            if call.method != Method::POST {
+                return Err(ApiError::method_not_allowed(call.method.as_str()));
+            }
+            token_review(shared, call).await
+        }
         ["api", version, rest @ ..] => {
             let target = resolve(shared.lock().registry(), "", version, rest)?;
             resource(shared, shutdown, target, call).await
@@ -241,6 +261,81 @@ async fn dispatch(
         }
         _ => Err(ApiError::no_such_path()),
     }
+}
+
+/// The uid of ServiceAccount `ns/sa`, or `None` if it does not exist.
+fn service_account_uid(shared: &Shared, ns: &str, sa: &str) -> Option<String> {
+    let store = shared.lock();
+    let rt = store
+        .registry()
+        .lookup("", "v1", "serviceaccounts")?
+        .clone();
+    let obj = store.get(&rt, Some(ns), sa).ok()?;
+    crate::store::meta_str(&obj, "uid")
+}
+
+/// `POST /api/v1/namespaces/{ns}/serviceaccounts/{sa}/token`: a TokenRequest for an
+/// existing ServiceAccount.
+async fn token_request(
+    shared: &Arc<Shared>,
+    ns: &str,
+    sa: &str,
+    call: Call,
+) -> Result<Response<Body>, ApiError> {
+    let dry_run = call.query.dry_run();
+    let (bytes, content_type) = call.body().await?;
+    let body = parse_body(&content_type, &bytes)?;
+    let (audiences, ttl) = tokens::parse_request(&body)?;
+    let Some(uid) = service_account_uid(shared, ns, sa) else {
+        let rt = ResourceType::new("", "v1", "ServiceAccount", "serviceaccounts");
+        return Err(ApiError::not_found(&rt, sa));
+    };
+    let (token, expires) = if dry_run {
+        (String::new(), std::time::SystemTime::now() + ttl)
+    } else {
+        shared
+            .tokens()
+            .issue(ns, sa, Some(uid), audiences.clone(), ttl)
+    };
+    let mut spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    spec["expirationSeconds"] = json!(ttl.as_secs());
+    if audiences.is_empty() {
+        spec["audiences"] = json!([tokens::DEFAULT_AUDIENCE]);
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "metadata": {"name": sa, "namespace": ns, "creationTimestamp": crate::util::now_rfc3339()},
+            "spec": spec,
+            "status": {"token": token, "expirationTimestamp": tokens::timestamp(expires)},
+        }),
+    ))
+}
+
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews`: checks a token this server issued.
+async fn token_review(shared: &Arc<Shared>, call: Call) -> Result<Response<Body>, ApiError> {
+    let (bytes, content_type) = call.body().await?;
+    let body = parse_body(&content_type, &bytes)?;
+    let (token, audiences) = tokens::parse_review(&body)?;
+    let status = shared.tokens().review(&token, &audiences, |ns, sa| {
+        service_account_uid(shared, ns, sa)
+    });
+    let mut spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
+    if let Some(obj) = spec.as_object_mut() {
+        obj.entry("audiences").or_insert_with(|| json!([]));
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        }),
+    ))
 }
 
 /// What a resource URL names.

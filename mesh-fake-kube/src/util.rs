@@ -46,7 +46,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 }
 
 /// A 64-bit value that differs on every call and between processes (not cryptographic).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));

@@ -8,4 +8,5 @@ mod gateway;
 mod patch;
 mod raw;
 mod selectors;
+mod tokens;
 mod watcher;
