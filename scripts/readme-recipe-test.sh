@@ -2,7 +2,9 @@
 # Runs the README's "Running the mesh" recipe exactly as written: the shell block between
 # `<!-- recipe:start -->` and `<!-- recipe:end -->` in README.md, from the repository root.
 # It passes when the curl through the client proxy answers 200 from the app (`replica=web-1`),
-# the controller's /status answers, and the recipe's own `kill` stops everything it started.
+# the two proxies talked mTLS (the app received the client's identity in `mesh-client-id`, and
+# the app proxy's metrics count an mTLS connection from that identity), the controller's
+# /status answers, and the recipe's own `kill` stops everything it started.
 # Whatever happens, every process the recipe started is killed on exit.
 #
 # Ports (the README's): 4140 4143 4191 (client proxy), 7080 (app), 7140 7143 7191 (app proxy),
@@ -84,7 +86,11 @@ fi
 
 grep -q '^HTTP/1.1 200 ' "$work/out" || fail "the curl through the client proxy did not answer HTTP/1.1 200"
 grep -q 'replica=web-1 status=200' "$work/out" || fail "the answer is not from the app (expected replica=web-1 from mesh-echo)"
+grep -q '^header mesh-client-id: spiffe://cluster.local/ns/demo/sa/client$' "$work/out" \
+  || fail "the app did not receive the client's identity (mesh-client-id: spiffe://cluster.local/ns/demo/sa/client): the request did not travel over mTLS between the proxies"
+grep -q '^mesh_proxy_peer_connections_total{direction="inbound",peer_id="spiffe://cluster.local/ns/demo/sa/client",tls="true"} [1-9]' "$work/out" \
+  || fail "the app proxy's /metrics do not count an mTLS connection from spiffe://cluster.local/ns/demo/sa/client (mesh_proxy_peer_connections_total, tls=\"true\")"
 grep -q '"source"' "$work/out" || fail "the controller's /status did not answer"
 
-echo "readme recipe: the curl through both proxies answered 200 from replica web-1; /status answered; the recipe's kill stopped everything"
+echo "readme recipe: the curl through both proxies answered 200 from replica web-1 over mTLS (the app saw the client's identity); /status answered; the recipe's kill stopped everything"
 echo "readme recipe: 1 passed, 0 failed"

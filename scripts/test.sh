@@ -7,11 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use: iptables + iproute2 (mesh-proxy init, network namespaces),
-# python3 (tiny listeners inside namespaces, the gRPC peer).
+# python3 (tiny listeners inside namespaces, the gRPC peer), tcpdump (the e2e suite captures
+# the traffic between pods to check that it is all TLS).
 missing=()
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]}"
@@ -57,8 +59,11 @@ echo "$out"
 ok=$(awk '/requests ok/ { print $3 }' <<<"$out")
 failed=$(awk '/requests failed/ { print $3 }' <<<"$out")
 joined=$(awk '/v1-new/ { print $4 }' <<<"$out")
-if [ "${ok:-0}" -lt 100 ] || [ "${failed:-1}" -ne 0 ] || [ "${joined:-0}" -lt 1 ]; then
-  echo "demo smoke run: expected >= 100 successful and 0 failed requests, and traffic to the replica that registers halfway (ok=$ok failed=$failed new=$joined)" >&2
+mtls=$(awk '/^mTLS share/ { sub(/%$/, "", $3); print int($3) }' <<<"$out")
+denied=$(awk '/^denied by policy/ { print $4 }' <<<"$out")
+if [ "${ok:-0}" -lt 100 ] || [ "${failed:-1}" -ne 0 ] || [ "${joined:-0}" -lt 1 ] \
+  || [ "${mtls:-0}" -lt 100 ] || [ "${denied:-0}" -lt 1 ]; then
+  echo "demo smoke run: expected >= 100 successful and 0 failed requests, traffic to the replica that registers halfway, every request to the replicas over mTLS (their port is strict) and the intruder's calls denied (ok=$ok failed=$failed new=$joined mtls=${mtls:-none}% denied=${denied:-none})" >&2
   exit 1
 fi
 echo "demo: 1 passed, 0 failed"
