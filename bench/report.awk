@@ -2,9 +2,11 @@
 #
 # Input files (tab-separated): labels.tsv (target, label, suite) then measurements.tsv (with
 # header). Only the http1 suite's rows are used (the other suites: report-suites.awk).
-# Variables: conc (connections of the max-throughput run), rates (space-separated).
+# Variables: conc (connections of the max-throughput run), rates (space-separated), conn_conc
+# (connections of the new-connection runs of the two-hop targets, kind "conn").
 # Targets are printed in the order in which they were measured. When a measurement was repeated
-# (BENCH_REPEAT), the median run is shown: by req/s for max throughput, by p99 for latency.
+# (BENCH_REPEAT), the median run is shown: by req/s for max throughput and new connections, by
+# p99 for latency.
 
 FNR == NR {
     if ($3 != "" && $3 != "http1") next
@@ -19,8 +21,8 @@ $22 != "" && $22 != "http1" { next }
     t = $1; kind = $2; r = $3
     key = t SUBSEP kind SUBSEP r
     m = ++runs[key]
-    # The figure the median is taken on: throughput for max runs, p99 for fixed-rate runs.
-    sortval[key, m] = (kind == "max") ? $8 : $10
+    # The figure the median is taken on: throughput for max and conn runs, p99 for fixed-rate runs.
+    sortval[key, m] = (kind == "max" || kind == "conn") ? $8 : $10
     line[key, m] = $0
     rss_idle[t] = $15
     if ($18 == 1) noisy[t] = 1
@@ -151,6 +153,55 @@ END {
                 vs_d, vs_h, vs_g, rps[k], errs[k],
                 proxied ? sprintf("%.0f%%", core[k]) : "—"
         }
+        print ""
+    }
+
+    # New connections between the two sidecars (one per request).
+    p = "mesh-2hop" SUBSEP "conn" SUBSEP ""
+    q = "mesh-2hop-mtls" SUBSEP "conn" SUBSEP ""
+    if (have[p] || have[q]) {
+        print "## New connections between the two proxies"
+        print ""
+        printf "Closed loop: oha with %d connections sends HTTP/1.1 upgrade requests (`Connection: upgrade`,\n", conn_conc
+        print "which mesh-echo answers with a plain 200). The client sidecar sends every upgrade request"
+        print "over a connection of its own to the server sidecar and closes it after the answer, so each"
+        print "request is one new connection between the proxies: for mTLS a full TLS 1.3 handshake, with"
+        print "both certificates verified and the server's identity checked. Both proxies share one core, so"
+        print "connections/s is what one core does for both ends, and CPU per connection is both proxies'."
+        print ""
+        print "| target | new connections/s | errors | proxies' CPU per connection | proxy core busy |"
+        print "|---|---:|---:|---:|---:|"
+        for (i = 1; i <= n; i++) {
+            t = order[i]; k = t SUBSEP "conn" SUBSEP ""
+            if (!have[k]) continue
+            printf "| %s | %.0f | %d | %.1f µs | %.0f%% |\n", name(t), rps[k], errs[k], cpu_us[k], core[k]
+        }
+        print ""
+        if (have[p] && have[q] && cpu_us[q] > cpu_us[p]) {
+            tls = cpu_us[q] - cpu_us[p]
+            printf "A new mTLS connection costs %.1f µs of CPU more than a plaintext one (client and server\n", tls
+            printf "handshake together): about %.0f handshakes per second on one core, against %.0f new\n", 1e6 / tls, rps[q]
+            printf "mTLS connections/s through both proxies (%.2f× the plaintext rate).\n", rps[q] / rps[p]
+            print ""
+        }
+    }
+
+    # The targets of the mTLS work, from this run.
+    d = "direct" SUBSEP "rate" SUBSEP "1000"
+    k = "mesh-2hop-mtls" SUBSEP "rate" SUBSEP "1000"
+    if (have[d] && have[k]) {
+        print "## Targets"
+        print ""
+        a99 = p99[k] - p99[d]
+        printf "- 2 hops with mTLS add %s at p99 over direct at 1,000 req/s (target: at most +100 µs): %s.\n",
+            added(a99), a99 <= 0.0001 ? "met" : "not met"
+        pl = "mesh-2hop" SUBSEP "rate" SUBSEP "1000"
+        if (have[pl])
+            printf "- mTLS over plaintext, 2 hops at 1,000 req/s: p50 %s, p99 %s.\n", added(p50[k] - p50[pl]), added(p99[k] - p99[pl])
+        mp = "mesh-2hop" SUBSEP "max" SUBSEP ""; mq = "mesh-2hop-mtls" SUBSEP "max" SUBSEP ""
+        if (have[mp] && have[mq])
+            printf "- CPU per request of both proxies at saturation: %.2f µs with mTLS, %.2f µs plaintext (%s).\n",
+                cpu_us[mq], cpu_us[mp], ratio(cpu_us[mq], cpu_us[mp])
         print ""
     }
 }

@@ -6,6 +6,8 @@
 #   mesh-1hop  load generator -> mesh-proxy (outbound) -> upstream
 #   mesh-2hop  load generator -> mesh-proxy (client sidecar, outbound)
 #                             -> HTTP/2 -> mesh-proxy (server sidecar, inbound) -> upstream
+#   mesh-2hop-mtls  the same two hops with workload identities (a mesh-controller in local mode
+#                   issues the certificates and serves discovery): HTTP/2 over mutual TLS 1.3
 #   haproxy    load generator -> HAProxy (1 thread) -> upstream, keep-alive both sides
 #   nginx      load generator -> nginx (1 worker) -> upstream, keep-alive both sides
 #
@@ -13,7 +15,10 @@
 #   - max throughput at a fixed concurrency (closed loop), proxy pinned to one core;
 #   - the proxy's CPU time per request in that saturated run (/proc/PID/stat);
 #   - RSS idle and under load (VmRSS from /proc/PID/status);
-#   - p50/p99/p99.9 latency at fixed request rates (open loop, oha --latency-correction).
+#   - p50/p99/p99.9 latency at fixed request rates (open loop, oha --latency-correction);
+#   - for the two-hop targets, the cost of a new connection between the proxies (mTLS: a full
+#     TLS 1.3 handshake): HTTP/1.1 upgrade requests, which the client sidecar sends over a
+#     connection of their own, closed loop; connections per second and CPU per connection.
 # It refuses to report if other processes used noticeable CPU during a measurement.
 # That is the http1 suite; bench/suites.sh adds h2 (h2load -> nghttpd), grpc (sequential unary
 # gRPC vs HTTP/2) and tcp (redis-benchmark -> redis-server), measured the same way.
@@ -29,7 +34,7 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 MAIN_PID=$BASHPID # the script's own process; its CPU (and that of oha, its child) is "ours"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-ALL_TARGETS="direct,mesh-1hop,mesh-2hop,haproxy,nginx"
+ALL_TARGETS="direct,mesh-1hop,mesh-2hop,mesh-2hop-mtls,haproxy,nginx"
 ALL_SUITES="http1,h2,grpc,tcp" # see bench/suites.sh for h2, grpc and tcp
 HOST_HEADER="echo.bench:8080" # the authority the mesh proxies resolve; sent to every target
 
@@ -46,7 +51,7 @@ Options:
   --force            report even if other processes used CPU during a measurement
                      (the report is then marked as NOISY)
   --targets LIST     comma-separated subset of: $ALL_TARGETS (default: all;
-                     nginx takes part in the http1 suite only)
+                     nginx and mesh-2hop-mtls take part in the http1 suite only)
   --suites LIST      comma-separated subset of: $ALL_SUITES (default: all)
                        http1  oha against mesh-echo (HTTP/1.1)
                        h2     h2load against nghttpd (HTTP/2, HAProxy in h2 mode)
@@ -62,6 +67,10 @@ Environment:
   BENCH_CONCURRENCY       connections for the max-throughput run (default 64)
   BENCH_RATES             fixed request rates for latency, space-separated (default "1000 5000")
   BENCH_RATE_CONNECTIONS  connections for the fixed-rate runs (default 32)
+  BENCH_CONN_CONCURRENCY  connections of the new-connection run of the two-hop targets (default 16;
+                          0 skips that run)
+  BENCH_CONTROLLER_BIN    mesh-controller binary for mesh-2hop-mtls (default: the release build,
+                          built by the script)
   BENCH_REPEAT            run every measurement N times, report the median run (default 3, quick 1)
   BENCH_MAX_OTHER_CPU     max CPU of other processes, % of one core, averaged (default 10)
   BENCH_MAX_STEAL         max CPU time the hypervisor may steal, % of one core (default 2)
@@ -143,6 +152,8 @@ parse_args() {
     CONCURRENCY=${BENCH_CONCURRENCY:-64}
     RATES=${BENCH_RATES:-1000 5000}
     RATE_CONNECTIONS=${BENCH_RATE_CONNECTIONS:-32}
+    CONN_CONCURRENCY=${BENCH_CONN_CONCURRENCY:-16}
+    [[ $CONN_CONCURRENCY =~ ^[0-9]+$ ]] || die "BENCH_CONN_CONCURRENCY: expected a whole number, got '$CONN_CONCURRENCY'"
     REPEAT=${BENCH_REPEAT:-$((QUICK ? 1 : 3))}
     local n
     parse_suite_settings # bench/suites.sh
@@ -168,10 +179,13 @@ parse_args() {
     # Two hops: the server sidecar (next to the upstream) and the client sidecar (next to oha).
     MESH2S_OUT=$((PORT_BASE + 240)) MESH2S_IN=$((PORT_BASE + 243)) MESH2S_ADMIN=$((PORT_BASE + 291))
     MESH2C_OUT=$((PORT_BASE + 340)) MESH2C_IN=$((PORT_BASE + 343)) MESH2C_ADMIN=$((PORT_BASE + 391))
+    # mesh-2hop-mtls: the controller that certifies the two sidecars (which use the ports above).
+    CTRL_GRPC=$((PORT_BASE + 86)) CTRL_ADMIN=$((PORT_BASE + 90))
 }
 
 has_target() { [[ ",$TARGETS," == *",$1,"* ]]; }
 has_suite() { [[ ",$SUITES," == *",$1,"* ]]; }
+has_mtls_target() { has_target mesh-2hop-mtls && has_suite http1; }
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
@@ -397,7 +411,10 @@ install_tools() {
 build_binaries() {
     local pkgs=() need_echo=0
     if has_suite http1 || has_suite grpc; then need_echo=1 pkgs+=(-p mesh-e2e); fi
-    if has_target mesh-1hop || has_target mesh-2hop; then pkgs+=(-p mesh-proxy); fi
+    if has_target mesh-1hop || has_target mesh-2hop || has_mtls_target; then pkgs+=(-p mesh-proxy); fi
+    # The controller only certifies the sidecars and serves discovery (it is idle while the
+    # figures are taken): BENCH_CONTROLLER_BIN may name another build of it.
+    if has_mtls_target && [[ -z ${BENCH_CONTROLLER_BIN:-} ]]; then pkgs+=(-p mesh-controller); fi
     if ((BUILD && ${#pkgs[@]} > 0)); then
         log "building: cargo build --release ${pkgs[*]} (fat LTO: this takes a few minutes)"
         (cd "$ROOT" && cargo build --release "${pkgs[@]}")
@@ -406,9 +423,13 @@ build_binaries() {
     local target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
     ECHO_BIN=$target_dir/release/mesh-echo
     PROXY_BIN=$target_dir/release/mesh-proxy
+    CONTROLLER_BIN=${BENCH_CONTROLLER_BIN:-$target_dir/release/mesh-controller}
     ((!need_echo)) || [[ -x $ECHO_BIN ]] || die "$ECHO_BIN not found (build with cargo build --release -p mesh-e2e)"
-    if has_target mesh-1hop || has_target mesh-2hop; then
+    if has_target mesh-1hop || has_target mesh-2hop || has_mtls_target; then
         [[ -x $PROXY_BIN ]] || die "$PROXY_BIN not found (build with cargo build --release -p mesh-proxy)"
+    fi
+    if has_mtls_target; then
+        [[ -x $CONTROLLER_BIN ]] || die "$CONTROLLER_BIN not found (build with cargo build --release -p mesh-controller, or name one in BENCH_CONTROLLER_BIN)"
     fi
 }
 
@@ -425,7 +446,7 @@ check_machine() {
     local port
     for port in "$UPSTREAM_PORT" "$HAPROXY_PORT" "$NGINX_PORT" "$MESH1_OUT" "$MESH1_IN" "$MESH1_ADMIN" \
         "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN" \
-        "$NGHTTPD_PORT" "$GRPCIO_PORT" "$REDIS_PORT"; do
+        "$NGHTTPD_PORT" "$GRPCIO_PORT" "$REDIS_PORT" "$CTRL_GRPC" "$CTRL_ADMIN"; do
         port_open "$port" && die "127.0.0.1:$port is already in use (set BENCH_PORT_BASE)"
     done
     return 0
@@ -450,8 +471,9 @@ record_environment() {
         echo "oha: $(oha --version 2>/dev/null | head -n1)"
         echo "haproxy: $(haproxy -v 2>/dev/null | head -n1)"
         echo "nginx: $(nginx -v 2>&1 | head -n1)"
+        if has_mtls_target; then echo "mesh-controller (mesh-2hop-mtls): $CONTROLLER_BIN"; fi
         record_suite_environment # bench/suites.sh
-        echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS  repeat: $REPEAT"
+        echo "duration: $DURATION  warmup: $WARMUP  concurrency: $CONCURRENCY  rates: $RATES  rate-connections: $RATE_CONNECTIONS  new-connection concurrency: $CONN_CONCURRENCY  repeat: $REPEAT"
         echo "cores: proxy=$PROXY_CORE load+upstream=$LOAD_CORE  max-other-cpu: ${MAX_OTHER_CPU}% max-steal: ${MAX_STEAL}% (retries $NOISE_RETRIES)  force: $FORCE  quick: $QUICK"
         echo "targets: $TARGETS  suites: $SUITES"
         echo "nofile: $NOFILE  clk_tck: $CLK_TCK"
@@ -648,22 +670,23 @@ EOF
     TARGET_LABEL="nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 }
 
-# Start one mesh-proxy: $1 name, $2 outbound, $3 inbound, $4 admin port, $5 static config file.
-# Inbound traffic goes to 127.0.0.1:$UP_PORT. A command prefix in the array MESH_PROXY_WRAP
-# (ip netns exec ..., setpriv ...) runs it elsewhere; it must exec, so that $! is the proxy.
-# The first MESH_PROXY_NS_ARGS words of it are also put before the readiness check.
-# Sets REPLY to its pid.
+# Start one mesh-proxy: $1 name, $2 outbound, $3 inbound, $4 admin port, $5 static config file
+# (empty: none; then MESH_PROXY_ENV names the controller). Inbound traffic goes to
+# 127.0.0.1:$UP_PORT. The array MESH_PROXY_ENV adds VAR=value settings (controller, identity).
+# A command prefix in the array MESH_PROXY_WRAP (ip netns exec ..., setpriv ...) runs it
+# elsewhere; it must exec, so that $! is the proxy. The first MESH_PROXY_NS_ARGS words of it
+# are also put before the readiness check. Sets REPLY to its pid.
 MESH_PROXY_WRAP=()
 MESH_PROXY_NS_ARGS=0
+MESH_PROXY_ENV=()
 start_mesh_proxy() {
     local name=$1 out=$2 in=$3 admin=$4 config=$5 logf=$WORK_DIR/$1.log
-    MESH_PROXY_OUTBOUND_ADDR=127.0.0.1:$out \
-        MESH_PROXY_INBOUND_ADDR=127.0.0.1:$in \
-        MESH_PROXY_INBOUND_FORWARD=127.0.0.1:$UP_PORT \
-        MESH_PROXY_ADMIN_ADDR=127.0.0.1:$admin \
-        MESH_PROXY_STATIC_CONFIG=$config \
-        MESH_PROXY_LOG=warn \
-        "${MESH_PROXY_WRAP[@]}" taskset -c "$PROXY_CORE" "$PROXY_BIN" >"$logf" 2>&1 &
+    local settings=(MESH_PROXY_OUTBOUND_ADDR="127.0.0.1:$out" MESH_PROXY_INBOUND_ADDR="127.0.0.1:$in"
+        MESH_PROXY_INBOUND_FORWARD="127.0.0.1:$UP_PORT" MESH_PROXY_ADMIN_ADDR="127.0.0.1:$admin"
+        MESH_PROXY_LOG=warn "${MESH_PROXY_ENV[@]}")
+    [[ -z $config ]] || settings+=(MESH_PROXY_STATIC_CONFIG="$config")
+    # env execs the rest, so $! is the proxy's pid.
+    env "${settings[@]}" "${MESH_PROXY_WRAP[@]}" taskset -c "$PROXY_CORE" "$PROXY_BIN" >"$logf" 2>&1 &
     local pid=$!
     STARTED_PIDS+=("$pid")
     wait_until "$pid" "$logf" "${MESH_PROXY_WRAP[@]:0:MESH_PROXY_NS_ARGS}" \
@@ -728,6 +751,98 @@ start_mesh-2hop() {
     TARGET_LABEL="mesh-proxy, 2 hops (both proxies)"
     target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-2hop-client.log" ||
         die "the two-hop mesh path does not reach the upstream"
+}
+
+# Two hops with mTLS. A mesh-controller in local mode (on the load core; it is idle during the
+# measurements: certificates live 24 h) holds the certificate authority and serves discovery:
+# the Service echo.bench:8080 has one Workload, the upstream, behind the server sidecar, whose
+# port a Server makes mTLS-only (`tls: strict`, so a plaintext fallback would fail the run
+# instead of being measured). Each sidecar proves its identity with a join token
+# (spiffe://cluster.local/ns/bench/sa/echo and .../sa/client); the client sidecar learns the
+# server's identity from discovery and checks it. The default authorization policy
+# (all-unauthenticated) applies: every request is still checked against it.
+CTRL_PID=""
+start_mesh-2hop-mtls() {
+    local dir=$WORK_DIR/mesh-2hop-mtls
+    local ident=$dir/identity logf=$WORK_DIR/mesh-controller.log
+    mkdir -p "$dir/objects"
+    cat >"$dir/objects/bench.yaml" <<EOF
+# Generated by bench/run.sh: the upstream as a Workload behind the server sidecar.
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: bench}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: mesh.dev/v1alpha1
+kind: Workload
+metadata: {name: echo-1, namespace: bench, labels: {app: echo}}
+spec: {address: 127.0.0.1, ports: [{name: http, port: $UP_PORT}], serviceAccount: echo, proxy: {inboundPort: $MESH2S_IN}}
+---
+apiVersion: mesh.dev/v1alpha1
+kind: Server
+metadata: {name: echo-http, namespace: bench}
+spec: {selector: {app: echo}, port: http, tls: strict}
+EOF
+    "$CONTROLLER_BIN" identity init --dir "$ident" >"$dir/identity.log" 2>&1 || {
+        cat "$dir/identity.log" >&2
+        die "mesh-controller identity init failed"
+    }
+    local w
+    for w in echo-1:echo client:client; do
+        "$CONTROLLER_BIN" identity join-token --dir "$ident" --namespace bench \
+            --service-account "${w#*:}" --workload "ns:bench/workload:${w%%:*}" \
+            >"$ident/${w%%:*}.token" 2>>"$dir/identity.log" || {
+            cat "$dir/identity.log" >&2
+            die "mesh-controller identity join-token failed"
+        }
+    done
+    MESH_CONTROLLER_LOG=warn taskset -c "$LOAD_CORE" "$CONTROLLER_BIN" --source local \
+        --config-dir "$dir/objects" --identity-dir "$ident" \
+        --grpc-addr "127.0.0.1:$CTRL_GRPC" --admin-addr "127.0.0.1:$CTRL_ADMIN" >"$logf" 2>&1 &
+    CTRL_PID=$!
+    STARTED_PIDS+=("$CTRL_PID")
+    wait_until "$CTRL_PID" "$logf" curl -sf -o /dev/null -m 2 "http://127.0.0.1:$CTRL_ADMIN/ready" ||
+        die "mesh-controller did not become ready on 127.0.0.1:$CTRL_ADMIN/ready"
+    log "mesh-controller ready (pid $CTRL_PID, gRPC :$CTRL_GRPC, core $LOAD_CORE)"
+
+    local ctrl=MESH_PROXY_CONTROLLER_ADDR=http://127.0.0.1:$CTRL_GRPC
+    MESH_PROXY_ENV=("$ctrl" MESH_PROXY_WORKLOAD=ns:bench/workload:echo-1
+        MESH_PROXY_IDENTITY=spiffe://cluster.local/ns/bench/sa/echo
+        MESH_PROXY_IDENTITY_TOKEN_FILE="$ident/echo-1.token")
+    start_mesh_proxy mesh-2hop-mtls-server "$MESH2S_OUT" "$MESH2S_IN" "$MESH2S_ADMIN" ""
+    local server_pid=$REPLY
+    MESH_PROXY_ENV=("$ctrl" MESH_PROXY_WORKLOAD=ns:bench/workload:client
+        MESH_PROXY_IDENTITY=spiffe://cluster.local/ns/bench/sa/client
+        MESH_PROXY_IDENTITY_TOKEN_FILE="$ident/client.token")
+    start_mesh_proxy mesh-2hop-mtls-client "$MESH2C_OUT" "$MESH2C_IN" "$MESH2C_ADMIN" ""
+    MESH_PROXY_ENV=()
+    TARGET_PIDS=("$REPLY" "$server_pid")
+    TARGET_PORT=$MESH2C_OUT
+    TARGET_LABEL="mesh-proxy, 2 hops mTLS (both proxies)"
+    target_ready "$TARGET_PORT" "$REPLY" "$WORK_DIR/mesh-2hop-mtls-client.log" ||
+        die "the two-hop mTLS path does not reach the upstream (logs: $WORK_DIR/mesh-2hop-mtls-*.log, $logf)"
+    check_mtls
+}
+
+# The server sidecar of mesh-2hop-mtls must have taken mTLS connections from the client's
+# identity and no plaintext one; otherwise the run would measure something else.
+check_mtls() {
+    local m tls plain
+    m=$(curl -sf -m 2 "http://127.0.0.1:$MESH2S_ADMIN/metrics") || die "cannot read the server sidecar's /metrics"
+    tls=$(awk '/^mesh_proxy_peer_connections_total[{]direction="inbound".*peer_id="spiffe:[/][/]cluster.local[/]ns[/]bench[/]sa[/]client".*tls="true"/ { s += $NF } END { print s + 0 }' <<<"$m")
+    plain=$(awk '/^mesh_proxy_peer_connections_total[{]direction="inbound".*tls="false"/ { s += $NF } END { print s + 0 }' <<<"$m")
+    ((tls > 0 && plain == 0)) ||
+        die "mesh-2hop-mtls is not mTLS: the server sidecar counted $tls mTLS connections from the client's identity and $plain plaintext ones (mesh_proxy_peer_connections_total)"
+    log "  mTLS checked: the server sidecar took $tls mTLS connection(s) from spiffe://cluster.local/ns/bench/sa/client, none in plaintext"
+}
+
+stop_http1_target() {
+    if [[ -n $CTRL_PID ]]; then
+        stop_pids "$CTRL_PID"
+        CTRL_PID=""
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -926,7 +1041,15 @@ bench_target() {
             measure_quietly "$target" rate "$rate" "$RUN_DIR/$target-rate$rate$suffix.json" \
                 -q "$rate" --latency-correction -c "$RATE_CONNECTIONS" -z "$DURATION"
         done
+        # The cost of a new connection between the two sidecars (for mTLS a full handshake on
+        # both): an HTTP/1.1 upgrade request gets a connection of its own from the client
+        # sidecar, which is closed when the answer (a plain 200 from mesh-echo) is complete.
+        if [[ $target == mesh-2hop* ]] && ((CONN_CONCURRENCY > 0)); then
+            measure_quietly "$target" conn "" "$RUN_DIR/$target-conn$suffix.json" \
+                -c "$CONN_CONCURRENCY" -z "$DURATION" -H "Connection: upgrade" -H "Upgrade: mesh-bench"
+        fi
     done
+    if [[ $target == mesh-2hop-mtls ]]; then check_mtls; fi
 
     stop_target
 }
@@ -965,7 +1088,7 @@ write_report() {
         if has_suite http1; then
             echo "# HTTP/1.1 (oha → mesh-echo)"
             echo
-            awk -F'\t' -v conc="$CONCURRENCY" -v rates="$RATES" -f "$BENCH_DIR/report.awk" \
+            awk -F'\t' -v conc="$CONCURRENCY" -v rates="$RATES" -v conn_conc="$CONN_CONCURRENCY" -f "$BENCH_DIR/report.awk" \
                 "$RUN_DIR/labels.tsv" "$MEASUREMENTS"
         fi
         suites_report # bench/suites.sh
