@@ -68,7 +68,7 @@ pub struct WorkloadSpec {
     /// Whether the workload takes traffic; `false` keeps it out of every Service. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
-    /// Present when the workload runs a mesh proxy: peers then send it HTTP/2 (and later mTLS).
+    /// Present when the workload runs a mesh proxy: peers then send it HTTP/2 (over mTLS when the proxy has an identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<WorkloadProxy>,
 }

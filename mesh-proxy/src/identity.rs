@@ -127,7 +127,9 @@ async fn certify_loop(
                     .get_or_create(&failed_label())
                     .inc();
                 let delay = backoff(failures);
-                if failures == 1 || failures.is_multiple_of(10) {
+                // A controller that is starting answers UNAVAILABLE for a moment: only
+                // failures that persist are warnings.
+                if failures == 3 || failures.is_multiple_of(10) {
                     tracing::warn!(identity = %settings.identity, error = %e, retry_in = ?delay, "cannot obtain a certificate");
                 } else {
                     tracing::debug!(identity = %settings.identity, error = %e, retry_in = ?delay, "cannot obtain a certificate");

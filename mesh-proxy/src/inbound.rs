@@ -167,7 +167,7 @@ impl Inbound {
             addr: conn.peer,
         };
         let verdict = policy.authorization.check_request(&who, &req);
-        if !verdict.passes() || matches!(verdict, mesh_core::authz::Verdict::WouldDeny(_)) {
+        if !matches!(verdict, mesh_core::authz::Verdict::Allow) {
             let server = Str::from(policy.server.as_str());
             let allowed = crate::authz::report(
                 &self.metrics,

@@ -2,12 +2,23 @@
 //!
 //! glibc's allocator keeps memory that was freed in its arenas: after a storm of thousands
 //! of connections the proxy's RSS stayed at its peak (hundreds of MB) for the life of the
-//! process, although all of it was free. Every few seconds this task looks at how many
-//! connections are open; when many have closed since the last look, it asks glibc to return
+//! process, although all of it was free. Every few seconds this task compares the
+//! connections open now with the most that were open since the last look (noted at each
+//! accept, so a burst between two looks counts); when many have closed, it asks glibc to return
 //! its free pages (`malloc_trim`). That costs a few milliseconds, only after load drops, and
 //! never on the request path. Other C libraries (musl) return memory on their own.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// Most connections open at once since the last look (a burst shorter than [`CHECK`] would
+/// be missed by looking only every few seconds).
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// Called by the accept loops with the number of connections now open.
+pub fn note_open(open: usize) {
+    PEAK.fetch_max(open, Ordering::Relaxed);
+}
 
 /// How often the connection count is looked at.
 const CHECK: Duration = Duration::from_secs(5);
@@ -21,7 +32,7 @@ pub async fn trim_after_load(open: impl Fn() -> usize) {
     loop {
         tokio::time::sleep(CHECK).await;
         let now = open();
-        high = high.max(now);
+        high = high.max(now).max(PEAK.swap(now, Ordering::Relaxed));
         if high - now >= DROP {
             let before = std::time::Instant::now();
             release_free_memory();

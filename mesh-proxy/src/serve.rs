@@ -142,6 +142,7 @@ pub async fn accept_loop(
                 };
                 let ctx = ctx.clone();
                 let tracker = tracker.clone();
+                crate::memory::note_open(Arc::strong_count(&tracker) - 1);
                 tokio::spawn(async move {
                     let _tracker = tracker;
                     serve_connection(stream, peer, direction, ctx, permits).await;
