@@ -319,146 +319,131 @@ fn closed(p: &AuthorizationPolicy, target: AuthTarget) -> CompiledAuthz {
     }
 }
 
-impl PolicyMemory {
-    /// Recompiles the policies of `namespace`; true when anything in force or any condition
-    /// changed.
-    pub fn refresh(&mut self, objs: &Objects, namespace: &str, trust_domain: &str) -> bool {
-        let start = ObjKey::new(namespace, "");
-        let mut changed = false;
-        let present: Vec<ObjKey> = objs
-            .authorizations
-            .range(start.clone()..)
-            .take_while(|(k, _)| k.namespace == namespace)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let before = self.authz.len();
-        self.authz
-            .retain(|k, _| k.namespace != namespace || present.contains(k));
-        changed |= before != self.authz.len();
-        for k in &present {
-            let Some(p) = objs.authorizations.get(k) else {
-                continue;
-            };
-            let generation = p.metadata.generation;
-            let old = self.authz.get(k);
-            let entry = match compile_authorization(p, trust_domain) {
-                Ok(c) => {
-                    let message = match &c.target {
-                        AuthTarget::Server(s)
-                            if !objs
-                                .servers
-                                .contains_key(&ObjKey::new(namespace, s.clone())) =>
-                        {
-                            format!("accepted; Server {namespace}/{s} does not exist, the policy applies once it does")
-                        }
-                        _ => "accepted".to_string(),
-                    };
-                    Entry {
-                        in_force: Some(c),
-                        valid_once: true,
-                        condition: Condition::ok("Accepted", "Accepted", &message, generation),
-                    }
-                }
-                Err(e) => match old.filter(|o| o.valid_once) {
-                    Some(o) => Entry {
-                        in_force: o.in_force.clone(),
-                        valid_once: true,
-                        condition: Condition::fail(
-                            "Accepted",
-                            "Invalid",
-                            &format!("{e}; the last valid version stays in force"),
-                            generation,
-                        ),
-                    },
-                    None => {
-                        let in_force = target_of(p).ok().map(|t| closed(p, t));
-                        let what = if in_force.is_some() {
-                            "; until it is fixed its target allows only what other valid policies allow"
-                        } else {
-                            ""
-                        };
-                        Entry {
-                            in_force,
-                            valid_once: false,
-                            condition: Condition::fail(
-                                "Accepted",
-                                "Invalid",
-                                &format!("{e}{what}"),
-                                generation,
-                            ),
-                        }
-                    }
-                },
-            };
-            if old != Some(&entry) {
-                self.authz.insert(k.clone(), entry);
-                changed = true;
-            }
-        }
-
-        let present: Vec<ObjKey> = objs
-            .egresses
-            .range(start..)
-            .take_while(|(k, _)| k.namespace == namespace)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let before = self.egress.len();
-        self.egress
-            .retain(|k, _| k.namespace != namespace || present.contains(k));
-        changed |= before != self.egress.len();
-        for k in &present {
-            let Some(p) = objs.egresses.get(k) else {
-                continue;
-            };
-            let generation = p.metadata.generation;
-            let old = self.egress.get(k);
-            let entry = match compile_egress(p) {
-                Ok(c) => Entry {
-                    in_force: Some(c),
+/// One kind's pass of [`PolicyMemory::refresh`]: forgets the objects of `namespace` that are
+/// gone, compiles the others (`compile` gives the compiled policy and the Accepted message);
+/// an invalid one keeps its last valid version, or, never valid, gets `closed`'s stand-in
+/// (with the sentence that says what it does). True when anything changed.
+fn refresh_kind<O, C>(
+    memory: &mut BTreeMap<ObjKey, Entry<C>>,
+    objects: &BTreeMap<ObjKey, Arc<O>>,
+    namespace: &str,
+    compile: impl Fn(&O) -> Result<(C, String), String>,
+    closed: impl Fn(&O) -> (Option<C>, &'static str),
+) -> bool
+where
+    O: kube::Resource,
+    C: Clone + PartialEq,
+{
+    let start = ObjKey::new(namespace, "");
+    let present: Vec<ObjKey> = objects
+        .range(start..)
+        .take_while(|(k, _)| k.namespace == namespace)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let before = memory.len();
+    memory.retain(|k, _| k.namespace != namespace || present.contains(k));
+    let mut changed = before != memory.len();
+    for k in &present {
+        let Some(p) = objects.get(k) else {
+            continue;
+        };
+        let p: &O = p;
+        let generation = p.meta().generation;
+        let old = memory.get(k);
+        let entry = match compile(p) {
+            Ok((c, message)) => Entry {
+                in_force: Some(c),
+                valid_once: true,
+                condition: Condition::ok("Accepted", "Accepted", &message, generation),
+            },
+            Err(e) => match old.filter(|o| o.valid_once) {
+                Some(o) => Entry {
+                    in_force: o.in_force.clone(),
                     valid_once: true,
-                    condition: Condition::ok("Accepted", "Accepted", "accepted", generation),
+                    condition: Condition::fail(
+                        "Accepted",
+                        "Invalid",
+                        &format!("{e}; the last valid version stays in force"),
+                        generation,
+                    ),
                 },
-                Err(e) => match old.filter(|o| o.valid_once) {
-                    Some(o) => Entry {
-                        in_force: o.in_force.clone(),
-                        valid_once: true,
-                        condition: Condition::fail(
-                            "Accepted",
-                            "Invalid",
-                            &format!("{e}; the last valid version stays in force"),
-                            generation,
-                        ),
-                    },
-                    // Fail closed: the selected workloads reach nothing outside the mesh.
-                    None => Entry {
-                        in_force: Some(CompiledEgress {
-                            selector: p.spec.workload_selector.clone(),
-                            egress: Egress {
-                                name: k.to_string().into(),
-                                default_allow: false,
-                                allow: Vec::new(),
-                                deny: Vec::new(),
-                                audit: p.spec.mode == PolicyMode::Audit,
-                            },
-                        }),
+                None => {
+                    let (in_force, what) = closed(p);
+                    let what = if in_force.is_some() { what } else { "" };
+                    Entry {
+                        in_force,
                         valid_once: false,
                         condition: Condition::fail(
                             "Accepted",
                             "Invalid",
-                            &format!(
-                                "{e}; until it is fixed the workloads it selects reach no destination outside the mesh"
-                            ),
+                            &format!("{e}{what}"),
                             generation,
                         ),
-                    },
-                },
-            };
-            if old != Some(&entry) {
-                self.egress.insert(k.clone(), entry);
-                changed = true;
-            }
+                    }
+                }
+            },
+        };
+        if old != Some(&entry) {
+            memory.insert(k.clone(), entry);
+            changed = true;
         }
-        changed
+    }
+    changed
+}
+
+impl PolicyMemory {
+    /// Recompiles the policies of `namespace`; true when anything in force or any condition
+    /// changed.
+    pub fn refresh(&mut self, objs: &Objects, namespace: &str, trust_domain: &str) -> bool {
+        let authz = refresh_kind(
+            &mut self.authz,
+            &objs.authorizations,
+            namespace,
+            |p| {
+                let c = compile_authorization(p, trust_domain)?;
+                let message = match &c.target {
+                    AuthTarget::Server(s)
+                        if !objs
+                            .servers
+                            .contains_key(&ObjKey::new(namespace, s.clone())) =>
+                    {
+                        format!("accepted; Server {namespace}/{s} does not exist, the policy applies once it does")
+                    }
+                    _ => "accepted".to_string(),
+                };
+                Ok((c, message))
+            },
+            |p| match target_of(p) {
+                Ok(t) => (
+                    Some(closed(p, t)),
+                    "; until it is fixed its target allows only what other valid policies allow",
+                ),
+                Err(_) => (None, ""),
+            },
+        );
+        let egress = refresh_kind(
+            &mut self.egress,
+            &objs.egresses,
+            namespace,
+            |p| Ok((compile_egress(p)?, "accepted".to_string())),
+            // Fail closed: the selected workloads reach nothing outside the mesh.
+            |p| {
+                (
+                    Some(CompiledEgress {
+                        selector: p.spec.workload_selector.clone(),
+                        egress: Egress {
+                            name: ObjKey::of(p).to_string().into(),
+                            default_allow: false,
+                            allow: Vec::new(),
+                            deny: Vec::new(),
+                            audit: p.spec.mode == PolicyMode::Audit,
+                        },
+                    }),
+                    "; until it is fixed the workloads it selects reach no destination outside the mesh",
+                )
+            },
+        );
+        authz || egress
     }
 
     /// The policies in force in a namespace, by name.
