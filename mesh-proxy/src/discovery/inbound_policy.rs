@@ -83,13 +83,6 @@ impl InboundPolicies {
         this
     }
 
-    /// A fixed policy (tests, and proxies without a controller).
-    pub fn fixed(policy: WorkloadPolicy) -> Arc<Self> {
-        let this = Self::none();
-        this.policy.store(Arc::new(Compiled::new(policy)));
-        this
-    }
-
     /// The protocol declared for `port` (detection when none is).
     pub fn protocol(&self, port: u16) -> AppProtocol {
         self.port(port).protocol
