@@ -33,6 +33,13 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
          && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-grpcio >/dev/null; } \
     || echo "note: could not install grpcio (pip or apt python3-grpcio); the gRPC peer tests will fail"
 fi
+# The Kubernetes OpenAPI schemas the injection tests validate against (mesh-inject/tests/schema.rs):
+# kubernetes-validate, from PyPI, which ships the schemas of every supported version offline.
+if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+  echo "installing kubernetes-validate (pip)"
+  python3 -m pip install -q kubernetes-validate 2>/dev/null \
+    || echo "note: could not install kubernetes-validate (pip); the injection schema tests (mesh-inject/tests/schema.rs) will fail"
+fi
 export MESH_TEST_REQUIRE_PEERS=1
 
 echo "== cargo fmt --check"

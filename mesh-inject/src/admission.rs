@@ -38,11 +38,13 @@ pub fn admit_pod(
         return Err(InjectError::new("", "the pod is not a JSON object"));
     };
     let t = pod::examine(template, "")?;
-    let wish = annotations::inject_wish(
-        &Layers(vec![&t.annotations, namespace_annotations]),
-        "metadata.annotations",
-    )?;
-    let pod_wish = annotations::inject_wish(&Layers(vec![&t.annotations]), "metadata.annotations")?;
+    let ns_layer = (
+        namespace_annotations,
+        "the namespace's metadata.annotations".to_string(),
+    );
+    let pod_layer = (&t.annotations, t.annotations_path.clone());
+    let wish = annotations::inject_wish(&Layers(vec![pod_layer.clone(), ns_layer.clone()]))?;
+    let pod_wish = annotations::inject_wish(&Layers(vec![pod_layer]))?;
     if t.injected {
         return Ok(Admission::Skip("already injected".into()));
     }
@@ -65,7 +67,7 @@ pub fn admit_pod(
     if t.host_network {
         return Ok(Admission::Skip(HOST_NETWORK.into()));
     }
-    pod::add_sidecar(template, "", &t, &[namespace_annotations], settings)?;
+    let _ = pod::add_sidecar(template, "", &t, &[ns_layer], settings)?;
     let injected = serde_json::to_value(&doc)
         .map_err(|e| InjectError::new("", format!("cannot be written as JSON: {e}")))?;
     Ok(Admission::Patch(json_patch::diff(pod, &injected)))

@@ -58,13 +58,26 @@ pub const USER_ANNOTATIONS: &[&str] = &[
 pub const DEFAULT_CPU_REQUEST: &str = "10m";
 pub const DEFAULT_MEMORY_REQUEST: &str = "20Mi";
 
-/// Annotations in precedence order: the first map that has a key wins.
-pub struct Layers<'a>(pub Vec<&'a BTreeMap<String, String>>);
+/// Annotations in precedence order, each with the field path it was read from (for
+/// errors): the first map that has a key wins.
+pub struct Layers<'a>(pub Vec<(&'a BTreeMap<String, String>, String)>);
 
 impl Layers<'_> {
-    /// The value and where it came from.
+    /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find_map(|m| m.get(key)).map(|s| s.trim())
+        self.0
+            .iter()
+            .find_map(|(m, _)| m.get(key))
+            .map(|s| s.trim())
+    }
+
+    /// Where the value of `key` came from.
+    pub fn at(&self, key: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(m, _)| m.contains_key(key))
+            .map(|(_, p)| p.as_str())
+            .unwrap_or("metadata.annotations")
     }
 }
 
@@ -97,12 +110,17 @@ pub enum Wish {
 }
 
 /// Reads `mesh.dev/inject` from the layers.
-pub fn inject_wish(layers: &Layers<'_>, path: &str) -> Result<Wish, InjectError> {
+pub fn inject_wish(layers: &Layers<'_>) -> Result<Wish, InjectError> {
     match layers.get(INJECT) {
         None => Ok(Wish::Unset),
         Some("enabled") => Ok(Wish::Enabled),
         Some("disabled") => Ok(Wish::Disabled),
-        Some(other) => Err(bad(path, INJECT, other, "write enabled or disabled")),
+        Some(other) => Err(bad(
+            layers.at(INJECT),
+            INJECT,
+            other,
+            "write enabled or disabled",
+        )),
     }
 }
 
@@ -113,21 +131,21 @@ fn bad(path: &str, annotation: &str, value: &str, hint: &str) -> InjectError {
     )
 }
 
-fn boolean(layers: &Layers<'_>, path: &str, key: &str, default: bool) -> Result<bool, InjectError> {
+fn boolean(layers: &Layers<'_>, key: &str, default: bool) -> Result<bool, InjectError> {
     match layers.get(key) {
         None => Ok(default),
         Some("true") => Ok(true),
         Some("false") => Ok(false),
-        Some(v) => Err(bad(path, key, v, "write true or false")),
+        Some(v) => Err(bad(layers.at(key), key, v, "write true or false")),
     }
 }
 
-fn switch(layers: &Layers<'_>, path: &str, key: &str, default: bool) -> Result<bool, InjectError> {
+fn switch(layers: &Layers<'_>, key: &str, default: bool) -> Result<bool, InjectError> {
     match layers.get(key) {
         None => Ok(default),
         Some("enabled") => Ok(true),
         Some("disabled") => Ok(false),
-        Some(v) => Err(bad(path, key, v, "write enabled or disabled")),
+        Some(v) => Err(bad(layers.at(key), key, v, "write enabled or disabled")),
     }
 }
 
@@ -136,7 +154,6 @@ fn switch(layers: &Layers<'_>, path: &str, key: &str, default: bool) -> Result<b
 pub fn resolve(
     settings: &Settings,
     layers: &Layers<'_>,
-    path: &str,
     ports: &PortNames,
 ) -> Result<Resolved, InjectError> {
     let image = match layers.get(PROXY_IMAGE) {
@@ -144,7 +161,7 @@ pub fn resolve(
         Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => v.to_string(),
         Some(v) => {
             return Err(bad(
-                path,
+                layers.at(PROXY_IMAGE),
                 PROXY_IMAGE,
                 v,
                 "write an image reference such as registry.example/mesh-proxy:0.1.0",
@@ -156,7 +173,7 @@ pub fn resolve(
         Some(v) if is_log_filter(v) => v.to_string(),
         Some(v) => {
             return Err(bad(
-                path,
+                layers.at(PROXY_LOG_LEVEL),
                 PROXY_LOG_LEVEL,
                 v,
                 "write a level (error, warn, info, debug, trace) or a filter such as info,mesh_proxy=debug",
@@ -167,7 +184,7 @@ pub fn resolve(
         match layers.get(key) {
             None => Ok(None),
             Some(v) if is_quantity(v) => Ok(Some(v.to_string())),
-            Some(v) => Err(bad(path, key, v, kind.hint())),
+            Some(v) => Err(bad(layers.at(key), key, v, kind.hint())),
         }
     };
     let cpu_request = quantity(PROXY_CPU_REQUEST, Quantity::Cpu)?;
@@ -176,13 +193,13 @@ pub fn resolve(
     let memory_limit = quantity(PROXY_MEMORY_LIMIT, Quantity::Memory)?;
     Ok(Resolved {
         image,
-        native_sidecar: boolean(layers, path, NATIVE_SIDECAR, settings.native_sidecar)?,
-        init_container: switch(layers, path, INIT_CONTAINER, settings.init_container)?,
+        native_sidecar: boolean(layers, NATIVE_SIDECAR, settings.native_sidecar)?,
+        init_container: switch(layers, INIT_CONTAINER, settings.init_container)?,
         log_level,
-        skip_inbound_ports: port_list(layers, path, SKIP_INBOUND_PORTS, ports)?,
-        skip_outbound_ports: port_list(layers, path, SKIP_OUTBOUND_PORTS, &PortNames::new())?,
-        skip_outbound_cidrs: cidr_list(layers, path)?,
-        opaque_ports: port_list(layers, path, OPAQUE_PORTS, ports)?,
+        skip_inbound_ports: port_list(layers, SKIP_INBOUND_PORTS, ports)?,
+        skip_outbound_ports: port_list(layers, SKIP_OUTBOUND_PORTS, &PortNames::new())?,
+        skip_outbound_cidrs: cidr_list(layers)?,
+        opaque_ports: port_list(layers, OPAQUE_PORTS, ports)?,
         // A limit alone also sets the request, as Kubernetes does for a container.
         cpu_request: cpu_request
             .or_else(|| cpu_limit.clone())
@@ -245,7 +262,6 @@ fn is_log_filter(v: &str) -> bool {
 /// the result uses numbers only, in the order given, duplicates removed.
 fn port_list(
     layers: &Layers<'_>,
-    path: &str,
     key: &str,
     names: &PortNames,
 ) -> Result<Option<String>, InjectError> {
@@ -259,7 +275,7 @@ fn port_list(
                 (Some(a), Some(b)) if a <= b => format!("{a}-{b}"),
                 _ => {
                     return Err(bad(
-                        path,
+                        layers.at(key),
                         key,
                         v,
                         &format!("'{part}' is not a port range such as 8000-8100"),
@@ -279,7 +295,7 @@ fn port_list(
                     names.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             };
-            return Err(bad(path, key, v, &hint));
+            return Err(bad(layers.at(key), key, v, &hint));
         };
         if !out.contains(&item) {
             out.push(item);
@@ -295,7 +311,7 @@ fn port(s: &str) -> Option<u16> {
     s.trim().parse::<u16>().ok().filter(|p| *p != 0)
 }
 
-fn cidr_list(layers: &Layers<'_>, path: &str) -> Result<Option<String>, InjectError> {
+fn cidr_list(layers: &Layers<'_>) -> Result<Option<String>, InjectError> {
     let Some(v) = layers.get(SKIP_OUTBOUND_CIDRS) else {
         return Ok(None);
     };
@@ -306,7 +322,7 @@ fn cidr_list(layers: &Layers<'_>, path: &str) -> Result<Option<String>, InjectEr
             && len.parse::<u8>().map(|l| l <= 32).unwrap_or(false);
         if !ok {
             return Err(bad(
-                path,
+                layers.at(SKIP_OUTBOUND_CIDRS),
                 SKIP_OUTBOUND_CIDRS,
                 v,
                 &format!("'{part}' is not an IPv4 network such as 10.0.0.0/8"),
@@ -343,7 +359,12 @@ mod tests {
         let pod = map(&[(SKIP_INBOUND_PORTS, "metrics, 9000-9010,8080")]);
         let ns = map(&[(SKIP_INBOUND_PORTS, "1"), (PROXY_LOG_LEVEL, "debug")]);
         let names = PortNames::from([("metrics".to_string(), 9090)]);
-        let r = resolve(&Settings::default(), &Layers(vec![&pod, &ns]), "x", &names).unwrap();
+        let r = resolve(
+            &Settings::default(),
+            &Layers(vec![(&pod, "a".into()), (&ns, "b".into())]),
+            &names,
+        )
+        .unwrap();
         assert_eq!(r.skip_inbound_ports.as_deref(), Some("9090,9000-9010,8080"));
         assert_eq!(r.log_level, "debug");
         assert_eq!(r.cpu_request, DEFAULT_CPU_REQUEST);
@@ -354,8 +375,7 @@ mod tests {
         let pod = map(&[(PROXY_MEMORY_LIMIT, "128Mi")]);
         let r = resolve(
             &Settings::default(),
-            &Layers(vec![&pod]),
-            "x",
+            &Layers(vec![(&pod, "x".into())]),
             &PortNames::new(),
         )
         .unwrap();
@@ -379,15 +399,14 @@ mod tests {
             let pod = map(&[(k, v)]);
             let e = resolve(
                 &Settings::default(),
-                &Layers(vec![&pod]),
-                "metadata.annotations",
+                &Layers(vec![(&pod, "spec.template.metadata.annotations".into())]),
                 &PortNames::new(),
             )
             .unwrap_err();
             assert!(e.message.contains(k), "{e}");
-            assert_eq!(e.path, "metadata.annotations");
+            assert_eq!(e.path, "spec.template.metadata.annotations");
         }
         let pod = map(&[(INJECT, "yes")]);
-        assert!(inject_wish(&Layers(vec![&pod]), "p").is_err());
+        assert!(inject_wish(&Layers(vec![(&pod, "p".into())])).is_err());
     }
 }

@@ -158,3 +158,50 @@ pub fn to_value<T: serde::Serialize>(v: &T) -> Value {
     }
     v
 }
+
+/// Reads YAML 1.1 octal file modes (`defaultMode: 0400`, `mode: 0644`) as kubectl does: as
+/// the integers they mean. YAML 1.2 readers see the strings "0400" and "0644", which the
+/// API server refuses; only `defaultMode` and `mode` under the pod's volumes are touched.
+pub fn octal_file_modes(template: &mut Mapping) {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Mapping(m) => {
+                for (k, x) in m.iter_mut() {
+                    let is_mode = matches!(k.as_str(), Some("defaultMode" | "mode"));
+                    if let (true, Value::String(s)) = (is_mode, &*x) {
+                        let octal = s.len() > 1
+                            && s.starts_with('0')
+                            && s.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                        if let (true, Ok(n)) = (octal, i64::from_str_radix(s, 8)) {
+                            *x = Value::Number(n.into());
+                        }
+                    } else {
+                        walk(x);
+                    }
+                }
+            }
+            Value::Sequence(s) => s.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    if let Some(Value::Mapping(spec)) = template.get_mut("spec") {
+        if let Some(volumes) = spec.get_mut("volumes") {
+            walk(volumes);
+        }
+    }
+}
+
+/// Inserts `key: value` just before `before` (at the end when `before` is absent).
+pub fn insert_before(map: &mut Mapping, before: &str, key: &str, value: Value) {
+    if !map.contains_key(before) {
+        map.insert(key.into(), value);
+        return;
+    }
+    let rest = std::mem::take(map);
+    for (k, v) in rest {
+        if k.as_str() == Some(before) {
+            map.insert(key.into(), value.clone());
+        }
+        map.insert(k, v);
+    }
+}

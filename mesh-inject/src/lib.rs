@@ -88,7 +88,12 @@ pub struct Report {
     pub name: String,
     pub namespace: Option<String>,
     pub outcome: Outcome,
+    /// Something the user should know about the result.
+    pub note: Option<String>,
 }
+
+/// Why a Job with a fallback (non-native) sidecar needs its app's help to finish.
+pub const JOB_FALLBACK_NOTE: &str = "without a native sidecar the proxy keeps the Job's pod running: have the app call `curl -X POST http://127.0.0.1:4191/shutdown` when it is done, or use native sidecars (Kubernetes 1.29+)";
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -98,7 +103,11 @@ impl fmt::Display for Report {
             self.kind.to_ascii_lowercase(),
             self.name,
             self.outcome
-        )
+        )?;
+        if let Some(note) = &self.note {
+            write!(f, "; note: {note}")?;
+        }
+        Ok(())
     }
 }
 
@@ -195,6 +204,29 @@ pub fn uninject(obj: &mut Doc) -> Result<Vec<Report>, InjectError> {
     Ok(reports)
 }
 
+/// Reads what YAML 1.2 parsers take differently from kubectl (YAML 1.1) the way kubectl
+/// does: octal file modes (`defaultMode: 0400`) under a pod template's volumes become the
+/// integers they mean. [`inject`] and [`uninject`] do this to every workload they see.
+pub fn normalize(obj: &mut Doc) {
+    let Some(map) = obj.as_mapping_mut() else {
+        return;
+    };
+    let kind = map
+        .get("kind")
+        .and_then(Doc::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if is_list(&kind, map) {
+        if let Some(Doc::Sequence(items)) = map.get_mut("items") {
+            items.iter_mut().for_each(normalize);
+        }
+    } else if let Some(path) = template_path(&kind) {
+        if let Ok((template, _)) = doc::descend(map, path) {
+            doc::octal_file_modes(template);
+        }
+    }
+}
+
 type Step<'a> = dyn FnMut(&mut serde_yaml_ng::Mapping, &mut Report) -> Result<(), InjectError> + 'a;
 
 fn walk(
@@ -242,6 +274,7 @@ fn walk(
         name,
         namespace,
         outcome: Outcome::NotInjected,
+        note: None,
     };
     step(map, &mut report).map_err(|e| e.under(path))?;
     reports.push(report);
@@ -271,10 +304,25 @@ fn inject_one(
             doc::annotations(map.get("metadata"), "metadata")?
         };
         let (template, at) = doc::descend(map, path)?;
-        let layers = [&workload_annotations, ns_annotations];
+        doc::octal_file_modes(template);
+        let mut layers = Vec::new();
+        if !path.is_empty() {
+            layers.push((&workload_annotations, "metadata.annotations".to_string()));
+        }
+        layers.push((
+            ns_annotations,
+            format!("namespace {ns}: metadata.annotations"),
+        ));
         match mode {
             Mode::Annotate => pod::annotate(template, &at, &layers, &ctx.settings)?,
-            Mode::Manual => pod::inject_template(template, &at, &layers, &ctx.settings)?,
+            Mode::Manual => {
+                let (outcome, native) =
+                    pod::inject_template(template, &at, &layers, &ctx.settings)?;
+                if native == Some(false) && matches!(report.kind.as_str(), "Job" | "CronJob") {
+                    report.note = Some(JOB_FALLBACK_NOTE.into());
+                }
+                outcome
+            }
         }
     } else {
         Outcome::Skipped("not a workload".into())
@@ -287,6 +335,7 @@ fn uninject_one(map: &mut serde_yaml_ng::Mapping, report: &mut Report) -> Result
         pod::unannotate_namespace(map)?
     } else if let Some(path) = template_path(&report.kind) {
         let (template, at) = doc::descend(map, path)?;
+        doc::octal_file_modes(template);
         pod::uninject_template(template, &at)?
     } else {
         Outcome::Skipped("not a workload".into())

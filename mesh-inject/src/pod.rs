@@ -25,8 +25,9 @@ pub const DISABLED: &str =
 
 /// What injection needs to know about a pod template.
 pub struct Template {
-    /// The template's own annotations.
+    /// The template's own annotations, and their field path.
     pub annotations: BTreeMap<String, String>,
+    pub annotations_path: String,
     pub host_network: bool,
     /// It already has the sidecar.
     pub injected: bool,
@@ -37,6 +38,7 @@ pub struct Template {
 /// Reads and checks a template: `spec` must be a valid PodSpec.
 pub fn examine(template: &Mapping, at: &str) -> Result<Template, InjectError> {
     let annotations = doc::annotations(template.get("metadata"), &format!("{at}metadata"))?;
+    let annotations_path = format!("{at}metadata.annotations");
     let spec_path = format!("{at}spec");
     let spec = match template.get("spec") {
         Some(s @ Value::Mapping(_)) => s.clone(),
@@ -110,15 +112,19 @@ pub fn examine(template: &Mapping, at: &str) -> Result<Template, InjectError> {
     }
     Ok(Template {
         annotations,
+        annotations_path,
         host_network: spec.host_network == Some(true),
         injected,
         ports,
     })
 }
 
-fn layers<'a>(t: &'a Template, more: &[&'a BTreeMap<String, String>]) -> Layers<'a> {
-    let mut v = vec![&t.annotations];
-    v.extend(more.iter().copied());
+/// Annotations from beyond the template, with where they were read (for errors).
+pub type Layer<'a> = (&'a BTreeMap<String, String>, String);
+
+fn layers<'a>(t: &'a Template, more: &[Layer<'a>]) -> Layers<'a> {
+    let mut v = vec![(&t.annotations, t.annotations_path.clone())];
+    v.extend(more.iter().cloned());
     Layers(v)
 }
 
@@ -138,69 +144,57 @@ fn set_annotation(
 }
 
 /// The template's workload-level opt-out (its own annotations, or the workload's).
-fn opted_out(
-    t: &Template,
-    more: &[&BTreeMap<String, String>],
-    at: &str,
-) -> Result<bool, InjectError> {
-    // Only the object's own annotations count here: a namespace-wide `disabled` does not
-    // stop an explicit `meshctl inject`.
-    let own: Vec<&BTreeMap<String, String>> = std::iter::once(&t.annotations)
-        .chain(more.iter().copied().take(more.len().saturating_sub(1)))
-        .collect();
-    Ok(
-        annotations::inject_wish(&Layers(own), &format!("{at}metadata.annotations"))?
-            == Wish::Disabled,
-    )
+fn opted_out(t: &Template, more: &[Layer<'_>]) -> Result<bool, InjectError> {
+    // Only the object's own annotations count here (the namespace's layer is last): a
+    // namespace-wide `disabled` does not stop an explicit `meshctl inject`.
+    let mut own = layers(t, more);
+    own.0.truncate(more.len());
+    Ok(annotations::inject_wish(&own)? == Wish::Disabled)
 }
 
 /// `more`: the workload's annotations, then the namespace's (last).
 pub fn annotate(
     template: &mut Mapping,
     at: &str,
-    more: &[&BTreeMap<String, String>],
+    more: &[Layer<'_>],
     settings: &Settings,
 ) -> Result<Outcome, InjectError> {
     let t = examine(template, at)?;
     if t.injected || t.annotations.get(INJECT).map(|v| v.trim()) == Some("enabled") {
         return Ok(Outcome::AlreadyInjected);
     }
-    if opted_out(&t, more, at)? {
+    if opted_out(&t, more)? {
         return Ok(Outcome::Skipped(DISABLED.into()));
     }
     if t.host_network {
         return Ok(Outcome::Skipped(HOST_NETWORK.into()));
     }
     // The annotations are checked now, not only when the webhook reads them.
-    annotations::resolve(
-        settings,
-        &layers(&t, more),
-        &format!("{at}metadata.annotations"),
-        &t.ports,
-    )?;
+    annotations::resolve(settings, &layers(&t, more), &t.ports)?;
     set_annotation(template, at, INJECT, "enabled")?;
     Ok(Outcome::Annotated)
 }
 
 /// Adds the sidecar. `more`: the workload's annotations, then the namespace's (last).
+/// With it, whether the proxy is a native sidecar.
 pub fn inject_template(
     template: &mut Mapping,
     at: &str,
-    more: &[&BTreeMap<String, String>],
+    more: &[Layer<'_>],
     settings: &Settings,
-) -> Result<Outcome, InjectError> {
+) -> Result<(Outcome, Option<bool>), InjectError> {
     let t = examine(template, at)?;
     if t.injected {
-        return Ok(Outcome::AlreadyInjected);
+        return Ok((Outcome::AlreadyInjected, None));
     }
-    if opted_out(&t, more, at)? {
-        return Ok(Outcome::Skipped(DISABLED.into()));
+    if opted_out(&t, more)? {
+        return Ok((Outcome::Skipped(DISABLED.into()), None));
     }
     if t.host_network {
-        return Ok(Outcome::Skipped(HOST_NETWORK.into()));
+        return Ok((Outcome::Skipped(HOST_NETWORK.into()), None));
     }
-    add_sidecar(template, at, &t, more, settings)?;
-    Ok(Outcome::Injected)
+    let r = add_sidecar(template, at, &t, more, settings)?;
+    Ok((Outcome::Injected, Some(r.native_sidecar)))
 }
 
 /// Adds the sidecar to an examined, injectable template.
@@ -208,29 +202,36 @@ pub fn add_sidecar(
     template: &mut Mapping,
     at: &str,
     t: &Template,
-    more: &[&BTreeMap<String, String>],
+    more: &[Layer<'_>],
     settings: &Settings,
-) -> Result<(), InjectError> {
-    let r = annotations::resolve(
-        settings,
-        &layers(t, more),
-        &format!("{at}metadata.annotations"),
-        &t.ports,
-    )?;
+) -> Result<annotations::Resolved, InjectError> {
+    let r = annotations::resolve(settings, &layers(t, more), &t.ports)?;
     let spec_path = format!("{at}spec.");
     let spec = doc::map_entry(template, "spec", at)?;
     let proxy = doc::to_value(&sidecar::proxy_container(settings, &r));
+    if !matches!(spec.get("initContainers"), Some(Value::Sequence(_))) {
+        doc::insert_before(
+            spec,
+            "containers",
+            "initContainers",
+            Value::Sequence(Vec::new()),
+        );
+    }
     {
         let inits = doc::seq_entry(spec, "initContainers", &spec_path)?;
-        // mesh-init first, so that every later init container's traffic is the pod's; the
-        // native sidecar right after it, so that those init containers already have a proxy.
-        let mut at_index = 0;
-        if r.init_container {
-            inits.insert(0, doc::to_value(&sidecar::init_container(&r)));
-            at_index = 1;
-        }
         if r.native_sidecar {
-            inits.insert(at_index, proxy.clone());
+            // mesh-init first, so that every later init container's traffic is the pod's;
+            // the native sidecar right after it, so that those init containers already
+            // have a proxy.
+            inits.insert(0, proxy.clone());
+            if r.init_container {
+                inits.insert(0, doc::to_value(&sidecar::init_container(&r)));
+            }
+        } else if r.init_container {
+            // Without native sidecars no proxy runs during the init phase: mesh-init goes
+            // last, so that the pod's own init containers still reach the network (outside
+            // the mesh) instead of being redirected to a proxy that is not there yet.
+            inits.push(doc::to_value(&sidecar::init_container(&r)));
         }
     }
     doc::drop_if_empty(spec, "initContainers");
@@ -244,7 +245,7 @@ pub fn add_sidecar(
         volumes.push(doc::to_value(&sidecar::xtables_volume()));
     }
     set_annotation(template, at, PROXY_VERSION, VERSION)?;
-    Ok(())
+    Ok(r)
 }
 
 /// Removes the sidecar, its volumes and the annotations injection writes.

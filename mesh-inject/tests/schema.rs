@@ -257,7 +257,10 @@ fn objects() -> (Vec<(String, Doc)>, Vec<String>) {
         let error_case = file.starts_with("error-");
         for (i, d) in docs.iter().enumerate() {
             if !error_case {
-                flatten(&format!("{file}@input#{i}"), d, &mut out);
+                // As kubectl reads it (YAML 1.1 octal file modes are integers).
+                let mut read = d.clone();
+                mesh_inject::normalize(&mut read);
+                flatten(&format!("{file}@input#{i}"), &read, &mut out);
                 let mut u = d.clone();
                 uninject(&mut u).unwrap();
                 flatten(&format!("{file}@uninject#{i}"), &u, &mut out);
