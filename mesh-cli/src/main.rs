@@ -1,22 +1,163 @@
-//! `meshctl`: the operator CLI. It has no commands yet: `install`, `inject` and `check` are not
-//! supported yet.
+//! `meshctl`: the operator CLI. `meshctl inject` and `meshctl uninject` add and remove the
+//! mesh proxy, in manifests (files, directories, stdin) or in live workloads; the pod
+//! changes themselves come from `mesh_inject`, shared with the controller's webhook.
 
-use clap::Parser;
+mod args;
+mod documents;
+mod error;
+mod input;
+mod live;
+mod manifests;
+mod summary;
+mod target;
 
-/// Operator CLI of the mesh. meshctl has no commands yet.
-///
-/// install, inject and check are not supported yet: meshctl only answers --help and --version,
-/// and exits with an error otherwise. To run the mesh on Kubernetes, apply the CRDs with
-/// `mesh-controller crds | kubectl apply -f -` and run `mesh-controller --source kubernetes`
-/// (see the README).
-#[derive(Parser)]
-#[command(name = "meshctl", version)]
-struct Args {}
+use std::process::ExitCode;
 
-fn main() {
-    let _ = Args::parse();
-    eprintln!(
-        "meshctl has no commands yet: install, inject and check are not supported yet (see meshctl --help)"
-    );
-    std::process::exit(2);
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use mesh_inject::{Context, Mode, Settings};
+
+use args::{Cli, Command, CommonArgs, Format};
+use summary::Operation;
+
+/// The sidecar settings flags, which only `--manual` uses.
+const SETTINGS_FLAGS: [(&str, &str); 6] = [
+    ("proxy_image", "--proxy-image"),
+    ("controller_addr", "--controller-addr"),
+    ("trust_domain", "--trust-domain"),
+    ("native_sidecar", "--native-sidecar"),
+    ("init_container", "--init-container"),
+    ("proxy_log_level", "--proxy-log-level"),
+];
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let (op, inputs, common, settings) = match cli.command {
+        Command::Inject(a) => {
+            let mode = if a.manual {
+                Mode::Manual
+            } else {
+                Mode::Annotate
+            };
+            if let (false, Some(("inject", sub))) = (a.manual, matches.subcommand()) {
+                for (id, flag) in SETTINGS_FLAGS {
+                    if sub.value_source(id) == Some(ValueSource::CommandLine) {
+                        usage(
+                            Operation::Inject(mode),
+                            format!(
+                                "{flag} shapes the sidecar that --manual writes; without --manual \
+                                 inject only annotates and the webhook applies its own settings \
+                                 (per workload, set the mesh.dev/ annotations instead, e.g. \
+                                 mesh.dev/native-sidecar: \"false\")"
+                            ),
+                        );
+                    }
+                }
+            }
+            (
+                Operation::Inject(mode),
+                a.inputs,
+                a.common,
+                a.settings.settings(),
+            )
+        }
+        Command::Uninject(a) => (Operation::Uninject, a.inputs, a.common, Settings::default()),
+    };
+    ExitCode::from(dispatch(op, inputs, common, settings))
+}
+
+/// A usage error: clap's message format and exit code 2.
+fn usage(op: Operation, message: String) -> ! {
+    let mut cmd = Cli::command();
+    let sub = cmd
+        .find_subcommand_mut(op.verb())
+        .map(|c| c.clone())
+        .unwrap_or(cmd);
+    sub.bin_name(format!("meshctl {}", op.verb()))
+        .error(ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
+fn dispatch(op: Operation, inputs: Vec<String>, common: CommonArgs, settings: Settings) -> u8 {
+    let mut targets = Vec::new();
+    let mut files = Vec::new();
+    for arg in inputs {
+        match target::parse(&arg) {
+            Some(Ok(t)) => targets.push(t),
+            Some(Err(message)) => usage(op, message),
+            None => files.push(arg),
+        }
+    }
+    if files.iter().filter(|f| f.as_str() == "-").count() > 1 {
+        usage(op, "stdin (-) can be read only once".into());
+    }
+    let live = common.all || !targets.is_empty();
+    if live {
+        if !files.is_empty() {
+            usage(
+                op,
+                format!(
+                    "give either manifests (FILE, DIR, -) or live workloads (KIND/NAME, --all), \
+                     not both: {} is not a live workload",
+                    files[0]
+                ),
+            );
+        }
+        if common.all && !targets.is_empty() {
+            usage(op, "--all works on every workload of the namespace; drop the KIND/NAME arguments or --all".into());
+        }
+        if common.output.is_some() {
+            usage(
+                op,
+                "-o/--output formats manifests; live workloads are patched (with --dry-run, shown as a YAML diff)".into(),
+            );
+        }
+        let selection = if common.all {
+            live::Selection::All
+        } else {
+            live::Selection::Named(targets)
+        };
+        return live::run(live::LiveRun {
+            op,
+            selection,
+            namespace: common.namespace,
+            kubeconfig: common.kubeconfig,
+            context: common.context,
+            dry_run: common.dry_run,
+            settings,
+        });
+    }
+    if files.is_empty() {
+        usage(
+            op,
+            "nothing to read: give FILE, DIR or - (stdin), or live workloads as KIND/NAME or --all"
+                .into(),
+        );
+    }
+    for (flag, given) in [
+        ("--dry-run", common.dry_run),
+        ("--kubeconfig", common.kubeconfig.is_some()),
+        ("--context", common.context.is_some()),
+    ] {
+        if given {
+            usage(
+                op,
+                format!(
+                    "{flag} applies to live workloads (KIND/NAME or --all); with manifests meshctl \
+                     changes no file and writes only to stdout"
+                ),
+            );
+        }
+    }
+    let ctx = Context {
+        settings,
+        default_namespace: common.namespace.unwrap_or_else(|| "default".into()),
+        ..Context::default()
+    };
+    manifests::run(op, &files, common.output.unwrap_or(Format::Yaml), ctx)
 }
