@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod await_ready;
 pub mod authz;
 pub mod balance;
 pub mod body;

@@ -1,5 +1,6 @@
 //! Entry point of the `mesh-proxy` binary: `mesh-proxy [run]` serves traffic, `mesh-proxy init`
-//! installs the iptables rules that send a pod's traffic through the proxy.
+//! installs the iptables rules that send a pod's traffic through the proxy, `mesh-proxy
+//! await-ready` waits until a running proxy is ready.
 
 use std::sync::Arc;
 
@@ -31,12 +32,17 @@ enum Cmd {
     /// Install (or with --remove, delete) the iptables rules that redirect the pod's TCP
     /// traffic through the proxy. Idempotent; run as root (or with CAP_NET_ADMIN).
     Init(mesh_proxy::init::InitArgs),
+    /// Wait until the proxy's admin port says it is ready (GET /ready answers 200), then
+    /// exit 0; exit 1 after --timeout. The postStart hook of sidecars injected without
+    /// native sidecar support.
+    AwaitReady(mesh_proxy::await_ready::AwaitArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Some(Cmd::Init(args)) => mesh_proxy::init::run(&args),
+        Some(Cmd::AwaitReady(args)) => mesh_proxy::await_ready::run(&args),
         Some(Cmd::Run) | None => run(cli.config),
     };
     if let Err(e) = result {
