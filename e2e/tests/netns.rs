@@ -2,7 +2,8 @@
 //! `mesh-proxy` in every pod, the `mesh-echo` app) in network namespaces, with real traffic
 //! and real failures. mTLS is on in every scenario (a CA per scenario, a join token per pod);
 //! scenarios 10 to 14 check it directly: the wire, authorization, renewal, rotation, and the
-//! controller being down. One test per scenario; each prints a summary with its figures and
+//! controller being down. Scenarios 15 and 16 run pods from the real `meshctl inject --manual`
+//! output the way a kubelet does (`support/pod.rs`). One test per scenario; each prints a summary with its figures and
 //! appends it to `target/tmp/e2e-summary.txt`. Root only: otherwise each test prints why it
 //! is skipped and passes.
 //!
@@ -1479,5 +1480,249 @@ fn s14_controller_down_mtls_continues() {
     );
     mesh.report.load("after the restart", &after, "");
     assert_eq!(after.failed, 0, "{}", after.failures());
+    mesh.pass();
+}
+
+/// The Pod manifest a user writes for the echo app: no mesh in it.
+fn app_manifest(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {NS}
+  labels: {{app: {app}}}
+spec:
+  serviceAccountName: {name}
+  containers:
+  - name: app
+    image: mesh-echo
+    command: [mesh-echo, serve, --listen, '0.0.0.0:{APP_PORT}', --tcp-listen, '0.0.0.0:{TCP_PORT}', --name, {name}]
+    ports:
+    - {{name: http, containerPort: {APP_PORT}}}
+    - {{name: tcp, containerPort: {TCP_PORT}}}
+    readinessProbe:
+      httpGet: {{path: /__stats, port: http}}
+      periodSeconds: 1
+"
+    )
+}
+
+/// Load from `client` to `http://web/` answered by the injected pod `server`, all over mTLS:
+/// both proxies count the requests under each other's SPIFFE ID and the server's proxy
+/// accepted mTLS connections from the client's identity.
+fn mtls_load_to_injected(mesh: &mut Mesh, client: &str, server: &str, phase: &str) {
+    let r = mesh.load(
+        client,
+        "http://web/",
+        &["--requests", "300", "--rate", "100"],
+    );
+    let by_client_id = metric(
+        mesh,
+        server,
+        "mesh_proxy_requests_total",
+        &[("direction", "inbound"), ("client_id", &spiffe(client))],
+    );
+    let to_server_id = metric(
+        mesh,
+        client,
+        "mesh_proxy_requests_total",
+        &[("direction", "outbound"), ("server_id", &spiffe(server))],
+    );
+    let mtls_conns = metric(
+        mesh,
+        server,
+        "mesh_proxy_peer_connections_total",
+        &[
+            ("direction", "inbound"),
+            ("peer_id", &spiffe(client)),
+            ("tls", "true"),
+        ],
+    );
+    mesh.report.load(
+        phase,
+        &r,
+        format!(
+            "{server}'s proxy: {by_client_id} requests from {client}'s identity over {mtls_conns} mTLS connections; {client}'s proxy: {to_server_id} to {server}'s identity"
+        ),
+    );
+    assert_eq!(r.failed, 0, "{}", r.failures());
+    assert_eq!(
+        r.replies_from(server),
+        r.ok,
+        "not every reply came from {server}"
+    );
+    assert!(
+        by_client_id >= r.ok as f64,
+        "only {by_client_id} of {} requests reached {server}'s proxy under {client}'s identity:\n{}",
+        r.ok,
+        mesh.metrics(server)
+    );
+    assert!(
+        to_server_id >= r.ok as f64,
+        "only {to_server_id} of {} requests went to {server}'s identity",
+        r.ok
+    );
+    assert!(
+        mtls_conns >= 1.0,
+        "{server}'s proxy accepted no mTLS connection from {client}"
+    );
+    assert!(
+        body_has_client_id(mesh, client, "http://web/who"),
+        "the injected app did not see {client}'s identity"
+    );
+}
+
+/// Scenario 15: A pod from the real `meshctl inject --manual` (native sidecar), run as a kubelet
+/// runs it: mesh-init with only NET_ADMIN and NET_RAW, the sidecar as UID 2102 with the
+/// downward API and a projected token, the app only after the sidecar's startupProbe. A meshed
+/// client reaches it through a Service over mTLS; a plain GET from outside the mesh (like a
+/// kubelet probe) passes its proxy's inbound; the Workload's strict Server applies to the
+/// proxy that names itself as the pod.
+#[test]
+fn s15_injected_pod_native_sidecar() {
+    let mut mesh = mesh!("s15 a pod from meshctl inject --manual (native sidecar)");
+    mesh.service("web", &[("app", "web")]);
+    mesh.write(
+        "server-web-tcp.yaml",
+        &format!("{}  tls: strict\n", server_yaml("web-tcp", "web", "tcp")),
+    );
+    let manifest = mesh.meshctl_inject(&app_manifest("web-inj", "web"), &[]);
+    let spec = manifest.spec.as_ref().expect("spec");
+    let init: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(init, ["mesh-init", "mesh-proxy"], "init containers");
+    let sidecar = &spec.init_containers.as_ref().expect("init containers")[1];
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert!(
+        sidecar.startup_probe.is_some(),
+        "the sidecar has no startupProbe"
+    );
+    let started = mesh.run_pod(&manifest);
+    mesh.report.note("kubelet", started.timeline());
+    // The native-sidecar guarantee, as the kubelet kept it.
+    assert!(started.at("mesh-init exited 0") < started.at("mesh-proxy started"));
+    assert!(started.at("mesh-proxy startupProbe passed") < started.at("app started"));
+    let pod = started.pod.clone();
+
+    mesh.add_pod(PodSpec::client("client"));
+    let outsider = mesh.add_pod(PodSpec::client("outsider").unmeshed());
+    mesh.warm("client", "http://web/", &["web-inj"]);
+    mtls_load_to_injected(
+        &mut mesh,
+        "client",
+        "web-inj",
+        "300 req at 100/s to the injected pod",
+    );
+    let (ok, out) = mesh.exec(
+        "client",
+        &["tcp", "web:7000", "--send", "ping"],
+        Duration::from_secs(10),
+    );
+    assert!(
+        ok && out.contains("web-inj echo: ping"),
+        "opaque TCP through the mesh to the injected pod failed: {out}"
+    );
+
+    // Outside the mesh, plaintext: the kubelet's probes take this path too.
+    let plain_before = metric(
+        &mesh,
+        "web-inj",
+        "mesh_proxy_peer_connections_total",
+        &[("direction", "inbound"), ("tls", "false")],
+    );
+    let direct = format!("http://{}:{APP_PORT}/probe", pod.ip);
+    let (ok, body) = mesh.exec("outsider", &["fetch", &direct], Duration::from_secs(10));
+    assert!(
+        ok && body.contains("replica=web-inj"),
+        "a plain GET from outside the mesh failed: {body}"
+    );
+    assert!(
+        body.contains("peer=127.0.0.1:"),
+        "the plain GET did not pass the pod's proxy: {body}"
+    );
+    let plain = metric(
+        &mesh,
+        "web-inj",
+        "mesh_proxy_peer_connections_total",
+        &[("direction", "inbound"), ("tls", "false")],
+    ) - plain_before;
+    assert!(
+        plain >= 1.0,
+        "the injected proxy saw no plaintext connection"
+    );
+    // The strict Server selects the Workload's labels on its named port `tcp`: the proxy
+    // naming itself `ns:e2e/pod:web-inj` got that policy and refuses plaintext there.
+    let tcp_direct = format!("{}:{TCP_PORT}", pod.ip);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out) = mesh.exec(
+            "outsider",
+            &["tcp", &tcp_direct, "--send", "plain"],
+            Duration::from_secs(10),
+        );
+        if !(ok && out.contains("web-inj echo: plain")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plaintext TCP to the strict port of the injected pod still passes: the pod's proxy did not get its Workload's policy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    mesh.report.note(
+        "outside the mesh",
+        format!(
+            "plain GET {direct} answered through the proxy ({plain} plaintext connection(s)); plain TCP to the strict port {tcp_direct} refused (from {})",
+            outsider.ip
+        ),
+    );
+    mesh.pass();
+}
+
+/// Scenario 16: The same pod injected with `--native-sidecar=false`: the proxy is the first
+/// regular container and its postStart hook (`mesh-proxy await-ready`) holds the app back until
+/// the proxy is ready, as the kubelet runs hooks; traffic flows over mTLS.
+#[test]
+fn s16_injected_pod_fallback_sidecar() {
+    let mut mesh = mesh!("s16 a pod from meshctl inject --manual --native-sidecar=false");
+    mesh.service("web", &[("app", "web")]);
+    let manifest =
+        mesh.meshctl_inject(&app_manifest("web-inj", "web"), &["--native-sidecar=false"]);
+    let spec = manifest.spec.as_ref().expect("spec");
+    let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(containers, ["mesh-proxy", "app"], "containers");
+    let hook = spec.containers[0]
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("the proxy container has a postStart exec hook");
+    assert_eq!(hook[..2], ["/usr/local/bin/mesh-proxy", "await-ready"]);
+    let started = mesh.run_pod(&manifest);
+    mesh.report.note("kubelet", started.timeline());
+    assert!(
+        started.at("mesh-proxy postStart hook returned 0") < started.at("app started"),
+        "the app started before the proxy's hook returned"
+    );
+    assert_eq!(
+        started.ready_when_hook_returned.get("mesh-proxy"),
+        Some(&true),
+        "await-ready returned before the proxy was ready"
+    );
+
+    mesh.add_pod(PodSpec::client("client"));
+    mesh.warm("client", "http://web/", &["web-inj"]);
+    mtls_load_to_injected(
+        &mut mesh,
+        "client",
+        "web-inj",
+        "300 req at 100/s to the injected pod",
+    );
     mesh.pass();
 }

@@ -3,7 +3,8 @@
 //! `/status` is a JSON report for people and for `meshctl check`: readiness, index sizes,
 //! local-mode files that were rejected (with the reason), the conditions of every route,
 //! policy and workload, and the CA (`identity`: phase of a trust-anchor rotation, bundle,
-//! issuer, and how many connected proxies hold the bundle and a leaf from the issuer).
+//! issuer, and how many connected proxies hold the bundle and a leaf from the issuer), and
+//! the admission webhook (`webhook`: its address and whether it has a serving certificate).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub struct Admin {
     pub files: Option<FileErrors>,
     pub source: &'static str,
     pub identity: Arc<IdentityState>,
+    /// The admission webhook, when it is on.
+    pub webhook: Option<crate::webhook::WebhookStatus>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -66,6 +69,7 @@ impl Admin {
             "rejectedFiles": files,
             "objects": objects,
             "identity": self.identity.status_json(),
+            "webhook": self.webhook.as_ref().map(|w| w.status_json()),
         })
     }
 

@@ -117,6 +117,9 @@ pub struct RunArgs {
     /// Mesh-wide inbound policy defaults.
     #[command(flatten)]
     pub policy: crate::policy_args::PolicyArgs,
+    /// The mutating admission webhook that injects the proxy.
+    #[command(flatten)]
+    pub webhook: crate::webhook::WebhookArgs,
 }
 
 impl RunArgs {
@@ -146,6 +149,7 @@ impl RunArgs {
             identity_token_audience: "mesh.dev/identity".into(),
             identity_renew_jitter: Duration::from_secs(2),
             identity_rotation_grace: Duration::ZERO,
+            webhook: crate::webhook::WebhookArgs::default(),
         }
     }
 }

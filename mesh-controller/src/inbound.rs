@@ -219,14 +219,20 @@ pub struct Member {
 }
 
 impl Member {
-    /// The current Pod or Workload, if it exists.
+    /// The current Pod or Workload, if it exists. A proxy that names itself as a pod
+    /// (`ns:<ns>/pod:<name>`, as injected proxies do) while no Pod of that name exists gets
+    /// the Workload of the same namespace and name: in local mode, where there are no Pod
+    /// objects, a Workload file registers the pod.
     pub fn of(objs: &Objects, kind: WorkloadKind, key: &ObjKey) -> Option<Self> {
         match kind {
-            WorkloadKind::Pod => objs.pods.get(key).map(|p| Member {
-                labels: p.labels.clone(),
-                ports: p.ports.clone(),
-                defaults: Defaults::from_annotations(&p.annotations),
-            }),
+            WorkloadKind::Pod => match objs.pods.get(key) {
+                Some(p) => Some(Member {
+                    labels: p.labels.clone(),
+                    ports: p.ports.clone(),
+                    defaults: Defaults::from_annotations(&p.annotations),
+                }),
+                None => Self::of(objs, WorkloadKind::Workload, key),
+            },
             WorkloadKind::Workload => objs.workloads.get(key).map(|w| Member {
                 labels: w.labels().clone(),
                 ports: w
@@ -708,5 +714,76 @@ mod tests {
         let other = service(&[("app", "web")], vec![port(13306, None, Some("tcp"))]);
         ns.set_services(DeclaredService::of(&other).into_iter().collect());
         assert!(ns.workload_state(&key, &mesh).ports.is_empty());
+    }
+
+    #[test]
+    fn a_pod_without_a_pod_object_gets_the_workload_of_its_name() {
+        use crate::objects::{Change, Dirty, Kind, Object, PodInfo};
+        let mut objs = Objects::default();
+        let mut w = mesh_crds::Workload::new(
+            "web-1",
+            mesh_crds::WorkloadSpec {
+                address: "10.0.0.5".into(),
+                ports: vec![mesh_crds::WorkloadPort {
+                    name: "http".into(),
+                    port: 8080,
+                }],
+                ..Default::default()
+            },
+        );
+        w.metadata.namespace = Some("shop".into());
+        w.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+        let mut d = Dirty::default();
+        objs.apply(Change::Apply(Object::Workload(Arc::new(w))), &mut d);
+        let key = ObjKey::new("shop", "web-1");
+        // The Workload's change reaches proxies that name themselves either way.
+        assert!(d
+            .inbound_members
+            .contains(&(WorkloadKind::Pod, key.clone())));
+        assert!(d
+            .inbound_members
+            .contains(&(WorkloadKind::Workload, key.clone())));
+
+        let as_pod = Member::of(&objs, WorkloadKind::Pod, &key).unwrap();
+        assert_eq!(
+            as_pod,
+            Member::of(&objs, WorkloadKind::Workload, &key).unwrap()
+        );
+        assert_eq!(as_pod.labels["app"], "web");
+        assert_eq!(as_pod.named("http"), Some(8080));
+        assert!(Member::of(&objs, WorkloadKind::Pod, &ObjKey::new("shop", "web-2")).is_none());
+
+        // The pod's inbound policy is the Workload's: a Server selecting app=web by port name.
+        let mut ns = NamespaceInbound::default();
+        ns.set_member(WorkloadKind::Pod, "web-1", Some(as_pod));
+        ns.set_servers(vec![server(
+            "web",
+            &[("app", "web")],
+            IntOrString::String("http".into()),
+            ServerProtocol::Http1,
+        )]);
+        let mesh = MeshPolicy::default();
+        let pod = WorkloadKey::parse("ns:shop/pod:web-1").unwrap();
+        let ports = ns.workload_state(&pod, &mesh).ports;
+        assert_eq!(ports[&8080].server, "shop/web");
+        assert_eq!(ports[&8080].protocol, AppProtocol::Http1);
+
+        // A real Pod of that name wins over the Workload.
+        let p = PodInfo {
+            key: key.clone(),
+            labels: [("app".to_string(), "api".to_string())].into(),
+            service_account: "api".into(),
+            meshed: true,
+            ports: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        };
+        objs.apply(Change::Apply(Object::Pod(Arc::new(p))), &mut d);
+        let as_pod = Member::of(&objs, WorkloadKind::Pod, &key).unwrap();
+        assert_eq!(as_pod.labels["app"], "api");
+        // Deleting the Workload leaves the Pod; deleting both leaves nothing.
+        objs.apply(Change::Delete(Kind::Workload, key.clone()), &mut d);
+        assert!(Member::of(&objs, WorkloadKind::Pod, &key).is_some());
+        objs.apply(Change::Delete(Kind::Pod, key.clone()), &mut d);
+        assert!(Member::of(&objs, WorkloadKind::Pod, &key).is_none());
     }
 }

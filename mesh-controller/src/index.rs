@@ -60,6 +60,8 @@ struct Shared {
     namespaces: HashMap<String, NamespaceInbound>,
     inbound: HashMap<InboundKey, watch::Sender<InboundState>>,
     workloads: HashMap<WorkloadKey, watch::Sender<WorkloadPorts>>,
+    /// Each Namespace's `mesh.dev/` annotations (the admission webhook's defaults).
+    namespace_annotations: HashMap<String, BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -195,6 +197,16 @@ impl Index {
         rx
     }
 
+    /// The annotations of a Namespace (empty when it is unknown): the admission webhook's
+    /// defaults for the pods in it.
+    pub fn namespace_annotations(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.lock()
+            .namespace_annotations
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Numbers for the admin page: services, endpoints, watched destinations.
     pub fn sizes(&self) -> (usize, usize, usize) {
         let s = self.lock();
@@ -319,7 +331,14 @@ impl Index {
             .collect();
         let mut policies_changed = false;
         for ((kind, key), member) in &members {
-            let problems = member.as_ref().map(|m| m.problems()).unwrap_or_default();
+            // A pod without a Pod object borrows its Workload (`Member::of`), whose problems
+            // are reported on the Workload.
+            let borrowed = *kind == WorkloadKind::Pod && !objs.pods.contains_key(key);
+            let problems = member
+                .as_ref()
+                .filter(|_| !borrowed)
+                .map(|m| m.problems())
+                .unwrap_or_default();
             let k = match kind {
                 WorkloadKind::Pod => Kind::Pod,
                 WorkloadKind::Workload => Kind::Workload,
@@ -339,11 +358,16 @@ impl Index {
                 &ObjKey::new("", ns.clone()),
                 &defaults.problems,
             );
+            let annotations = objs
+                .namespaces
+                .get(&ObjKey::new("", ns.clone()))
+                .map(|n| n.annotations.clone());
             ns_policies.push((
                 ns.clone(),
                 state.memory.authz_of(ns),
                 state.memory.egress_of(ns),
                 defaults,
+                annotations,
             ));
         }
         let mut s = self.lock();
@@ -396,7 +420,11 @@ impl Index {
                 .or_default()
                 .set_member(*kind, &key.name, member);
         }
-        for (ns, authz, egress, defaults) in ns_policies {
+        for (ns, authz, egress, defaults, annotations) in ns_policies {
+            match annotations {
+                Some(a) => s.namespace_annotations.insert(ns.clone(), a),
+                None => s.namespace_annotations.remove(&ns),
+            };
             let n = s.namespaces.entry(ns).or_default();
             n.set_policies(authz, egress);
             n.set_defaults(defaults);

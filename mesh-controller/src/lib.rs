@@ -26,6 +26,7 @@ pub mod resolve;
 pub mod routes;
 pub mod services;
 pub mod status;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ use services::Naming;
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The admission webhook's HTTPS address, when it is on.
+    pub webhook_addr: Option<SocketAddr>,
     pub index: Arc<Index>,
     /// The CA (off when no identity material is configured).
     pub identity: Arc<identity::IdentityState>,
@@ -144,6 +147,13 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
             )
         }
     };
+    let webhook =
+        webhook::start(&args, index.clone(), metrics.clone(), kube_client.clone()).await?;
+    let webhook_addr = webhook.as_ref().map(|w| w.addr);
+    let webhook_status = webhook.map(|w| {
+        tasks.extend(w.tasks);
+        w.status
+    });
     let (identity, identity_tasks) = identity::setup(&args, kube_client, metrics.clone());
     tasks.extend(identity_tasks);
     let admin = admin::Admin {
@@ -151,6 +161,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
         files,
         source: source_name,
         identity: identity.clone(),
+        webhook: webhook_status,
     };
     tasks.push(tokio::spawn(admin.serve(admin_listener)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -169,6 +180,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
     Ok(Running {
         grpc_addr,
         admin_addr,
+        webhook_addr,
         index,
         identity,
         shutdown: Some(stop_tx),

@@ -29,6 +29,14 @@ pub struct PhaseLabel {
     pub phase: &'static str,
 }
 
+/// What the admission webhook did with a request: `injected`, `skipped`, `error` (a pod it
+/// could not inject: admitted without the proxy, with a warning) or `rejected` (not an
+/// AdmissionReview, too large).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
 /// What connected proxies hold: `connected`, `holding_bundle`, `on_current_issuer`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProxiesLabel {
@@ -64,6 +72,10 @@ pub struct Metrics {
     /// Proxies on Identity.Watch streams, and how many hold the bundle / a leaf from the
     /// current issuer.
     pub identity_proxies: Family<ProxiesLabel, Gauge>,
+    /// Admission webhook requests per outcome.
+    pub webhook_requests: Family<OutcomeLabel, Counter>,
+    /// Time to answer an admission request.
+    pub webhook_duration: Histogram,
 }
 
 impl Metrics {
@@ -83,6 +95,8 @@ impl Metrics {
             certify_refused: Family::default(),
             rotation_phase: Family::default(),
             identity_proxies: Family::default(),
+            webhook_requests: Family::default(),
+            webhook_duration: Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             registry: Registry::default(),
         };
         registry.register("streams_open", "Open proxy streams", m.streams_open.clone());
@@ -141,6 +155,16 @@ impl Metrics {
             "identity_proxies",
             "Proxies on Identity.Watch streams, and how many hold the current bundle and a leaf from the current issuer",
             m.identity_proxies.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Admission webhook requests by outcome (injected, skipped, error, rejected)",
+            m.webhook_requests.clone(),
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "Time to answer an admission webhook request",
+            m.webhook_duration.clone(),
         );
         Self { registry, ..m }
     }

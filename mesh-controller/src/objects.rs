@@ -626,6 +626,11 @@ impl Objects {
                 dirty
                     .inbound_members
                     .insert((WorkloadKind::Workload, key.clone()));
+                // A proxy naming itself as the pod of that name gets the Workload when no
+                // Pod exists (local mode, see `inbound::Member::of`).
+                dirty
+                    .inbound_members
+                    .insert((WorkloadKind::Pod, key.clone()));
                 // Workloads carry an Accepted condition (address validity).
                 dirty.workloads.insert(key);
             }

@@ -93,7 +93,11 @@ mod tests {
                 let mut buf = [0u8; 256];
                 let _ = c.read(&mut buf);
                 let k = s.fetch_add(1, Ordering::SeqCst);
-                let status = if k < not_before { "503 Service Unavailable" } else { "200 OK" };
+                let status = if k < not_before {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
                 let _ = write!(c, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
             }
         });
@@ -120,7 +124,10 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("answered 503"), "{e}");
-        let free = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let free = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let e = run(&AwaitArgs {
             admin_addr: free.to_string(),
             timeout: Duration::from_millis(300),

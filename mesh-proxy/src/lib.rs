@@ -5,8 +5,8 @@
 
 pub mod admin;
 pub mod app;
-pub mod await_ready;
 pub mod authz;
+pub mod await_ready;
 pub mod balance;
 pub mod body;
 pub mod budget;

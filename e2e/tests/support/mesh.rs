@@ -34,10 +34,10 @@ pub const NS: &str = "e2e";
 /// The app's HTTP (HTTP/1, HTTP/2, gRPC) port and its server-speaks-first TCP port.
 pub const APP_PORT: u16 = 8080;
 pub const TCP_PORT: u16 = 7000;
-const ADMIN_PORT: u16 = 4191;
-const GRPC_PORT: u16 = 8086;
+pub const ADMIN_PORT: u16 = 4191;
+pub(super) const GRPC_PORT: u16 = 8086;
 const CONTROLLER_ADMIN_PORT: u16 = 9990;
-const STARTUP: Duration = Duration::from_secs(20);
+pub(super) const STARTUP: Duration = Duration::from_secs(20);
 /// The mesh's trust domain (the controller's default).
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
@@ -53,6 +53,8 @@ pub struct Bins {
     pub proxy: PathBuf,
     pub controller: PathBuf,
     pub echo: PathBuf,
+    /// `meshctl` (for `meshctl inject --manual`).
+    pub meshctl: PathBuf,
 }
 
 impl Bins {
@@ -72,6 +74,7 @@ impl Bins {
         Self {
             proxy: find("mesh-proxy"),
             controller: find("mesh-controller"),
+            meshctl: find("meshctl"),
             echo,
         }
     }
@@ -206,7 +209,7 @@ pub struct Mesh {
     pub report: Report,
     tag: String,
     prefix: [u8; 3],
-    hub: String,
+    pub(super) hub: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     /// The controller's identity directory (`identity init`; `--identity-dir`).
@@ -215,7 +218,7 @@ pub struct Mesh {
     controller_args: Vec<String>,
     logs: PathBuf,
     services: Vec<(String, Ipv4Addr)>,
-    pods: BTreeMap<String, Pod>,
+    pub(super) pods: BTreeMap<String, Pod>,
     procs: BTreeMap<String, Proc>,
     namespaces: Vec<String>,
     next_pod: u8,
@@ -343,7 +346,13 @@ impl Mesh {
 
     // ---- processes ------------------------------------------------------------------------
 
-    fn spawn(&mut self, key: &str, ns: &str, argv: Vec<String>, env: Vec<(String, String)>) {
+    pub(super) fn spawn(
+        &mut self,
+        key: &str,
+        ns: &str,
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+    ) {
         let log = self.logs.join(format!("{}.log", key.replace('/', ".")));
         let child = Self::start(ns, &argv, &env, &log);
         self.procs.insert(
@@ -460,8 +469,20 @@ impl Mesh {
     /// Creates a join token for pod `name`'s identity (service account `name`, bound to its
     /// workload) and writes it to a file only the proxy's UID can read; the file's path.
     fn join_token(&self, name: &str) -> PathBuf {
+        let token = self.make_join_token(name, &format!("ns:{NS}/workload:{name}"));
+        let path = self.tokens.join(format!("{name}.token"));
+        std::fs::write(&path, token).expect("write the join token");
+        let uid: u32 = PROXY_UID.parse().expect("PROXY_UID is a number");
+        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown the join token");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+            .expect("restrict the join token");
+        path
+    }
+
+    /// `mesh-controller identity join-token` for service account `service_account` of the
+    /// scenario's namespace, bound to `workload` (`ns:e2e/pod:<name>`); the token.
+    pub(super) fn make_join_token(&self, service_account: &str, workload: &str) -> String {
         let dir = self.identity.display().to_string();
-        let workload = format!("ns:{NS}/workload:{name}");
         let out = self.controller_cli(&[
             "identity",
             "join-token",
@@ -470,22 +491,16 @@ impl Mesh {
             "--namespace",
             NS,
             "--service-account",
-            name,
+            service_account,
             "--workload",
-            &workload,
+            workload,
         ]);
         let token = out.trim();
         assert!(
             !token.is_empty() && !token.contains(char::is_whitespace),
             "`identity join-token` printed no single token: {out:?}"
         );
-        let path = self.tokens.join(format!("{name}.token"));
-        std::fs::write(&path, token).expect("write the join token");
-        let uid: u32 = PROXY_UID.parse().expect("PROXY_UID is a number");
-        std::os::unix::fs::chown(&path, Some(uid), Some(uid)).expect("chown the join token");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
-            .expect("restrict the join token");
-        path
+        token.to_string()
     }
 
     pub fn wait_controller_ready(&self) {
@@ -510,40 +525,8 @@ impl Mesh {
             "pod {} exists",
             spec.name
         );
-        let k = self.next_pod;
-        self.next_pod += 1;
-        let ns = format!("{}-{}", self.tag, spec.name);
-        let pod_link = format!("m{}p{k}", self.prefix[2]);
-        let hub_link = format!("m{}h{k}", self.prefix[2]);
-        let pod = Pod {
-            name: spec.name.clone(),
-            ns: ns.clone(),
-            ip: self.addr(10 + k),
-            hub_link: hub_link.clone(),
-        };
-        sys::ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        sys::ip(&[
-            "link", "add", &pod_link, "netns", &ns, "type", "veth", "peer", "name", &hub_link,
-            "netns", &self.hub,
-        ]);
-        sys::ip(&["-n", &self.hub, "link", "set", &hub_link, "master", "br0"]);
-        sys::ip(&["-n", &self.hub, "link", "set", &hub_link, "up"]);
-        sys::ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        let cidr = format!("{}/24", pod.ip);
-        sys::ip(&["-n", &ns, "addr", "add", &cidr, "dev", &pod_link]);
-        sys::ip(&["-n", &ns, "link", "set", &pod_link, "up"]);
-
-        // Name resolution for the app: the Services' virtual IPs.
-        let etc = PathBuf::from(format!("/etc/netns/{ns}"));
-        std::fs::create_dir_all(&etc).expect("create /etc/netns entry");
-        let mut hosts = String::from("127.0.0.1 localhost\n");
-        for (name, ip) in &self.services {
-            hosts.push_str(&format!(
-                "{ip} {name} {name}.{NS} {name}.{NS}.svc {name}.{NS}.svc.cluster.local\n"
-            ));
-        }
-        std::fs::write(etc.join("hosts"), hosts).expect("write hosts");
+        let pod = self.pod_network(&spec.name);
+        let ns = pod.ns.clone();
 
         if spec.meshed {
             let mut init = vec![
@@ -584,6 +567,46 @@ impl Mesh {
             );
         }
         self.pods.insert(spec.name.clone(), pod.clone());
+        pod
+    }
+
+    /// A pod's network: its namespace, a veth pair to the bridge, its address and an
+    /// `/etc/hosts` naming the Services declared so far. Nothing runs in it yet.
+    pub(super) fn pod_network(&mut self, name: &str) -> Pod {
+        let k = self.next_pod;
+        self.next_pod += 1;
+        let ns = format!("{}-{}", self.tag, name);
+        let pod_link = format!("m{}p{k}", self.prefix[2]);
+        let hub_link = format!("m{}h{k}", self.prefix[2]);
+        let pod = Pod {
+            name: name.to_string(),
+            ns: ns.clone(),
+            ip: self.addr(10 + k),
+            hub_link: hub_link.clone(),
+        };
+        sys::ip(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        sys::ip(&[
+            "link", "add", &pod_link, "netns", &ns, "type", "veth", "peer", "name", &hub_link,
+            "netns", &self.hub,
+        ]);
+        sys::ip(&["-n", &self.hub, "link", "set", &hub_link, "master", "br0"]);
+        sys::ip(&["-n", &self.hub, "link", "set", &hub_link, "up"]);
+        sys::ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let cidr = format!("{}/24", pod.ip);
+        sys::ip(&["-n", &ns, "addr", "add", &cidr, "dev", &pod_link]);
+        sys::ip(&["-n", &ns, "link", "set", &pod_link, "up"]);
+
+        // Name resolution for the app: the Services' virtual IPs.
+        let etc = PathBuf::from(format!("/etc/netns/{ns}"));
+        std::fs::create_dir_all(&etc).expect("create /etc/netns entry");
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for (name, ip) in &self.services {
+            hosts.push_str(&format!(
+                "{ip} {name} {name}.{NS} {name}.{NS}.svc {name}.{NS}.svc.cluster.local\n"
+            ));
+        }
+        std::fs::write(etc.join("hosts"), hosts).expect("write hosts");
         pod
     }
 
@@ -642,7 +665,16 @@ impl Mesh {
     pub fn delete_pod(&mut self, name: &str) {
         let file = self.config.join(format!("workload-{name}.yaml"));
         let _ = std::fs::remove_file(file);
-        for key in [format!("{name}/app"), format!("{name}/proxy")] {
+        // Its processes: `<name>/app` and `<name>/proxy`, or one per container of a pod run
+        // from a manifest.
+        let prefix = format!("{name}/");
+        let keys: Vec<String> = self
+            .procs
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in keys {
             if let Some(mut p) = self.procs.remove(&key) {
                 let _ = p.child.kill();
                 let _ = p.child.wait();

@@ -63,6 +63,8 @@ impl Controller {
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
+            // Two binaries run side by side; tests/webhook.rs covers the webhook.
+            .env("MESH_CONTROLLER_WEBHOOK_ADDR", "off")
             .env("MESH_CONTROLLER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
