@@ -21,8 +21,9 @@ use crate::inbound::WorkloadKind;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Name of the proxy container (or native-sidecar init container) in a meshed Pod.
-pub const PROXY_CONTAINER: &str = "mesh-proxy";
+/// Name of the proxy container (or native-sidecar init container) in a meshed Pod: the one
+/// injection writes.
+pub use mesh_inject::PROXY_CONTAINER;
 
 /// Namespace and name of an object (cluster-scoped objects have an empty namespace).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
