@@ -4,7 +4,8 @@
 //! local-mode files that were rejected (with the reason), the conditions of every route,
 //! policy and workload, and the CA (`identity`: phase of a trust-anchor rotation, bundle,
 //! issuer, and how many connected proxies hold the bundle and a leaf from the issuer), and
-//! the admission webhook (`webhook`: its address and whether it has a serving certificate).
+//! the admission webhook (`webhook`: its address and whether it has a serving certificate),
+//! and, on Kubernetes, leader election (`leader`: state, Lease, holder, and why it fails).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Admin {
     pub identity: Arc<IdentityState>,
     /// The admission webhook, when it is on.
     pub webhook: Option<crate::webhook::WebhookStatus>,
+    /// Kubernetes mode: this replica's place in leader election.
+    pub leader: Option<tokio::sync::watch::Receiver<crate::kubernetes::LeaderStatus>>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -70,6 +73,7 @@ impl Admin {
             "objects": objects,
             "identity": self.identity.status_json(),
             "webhook": self.webhook.as_ref().map(|w| w.status_json()),
+            "leader": self.leader.as_ref().map(|l| l.borrow().clone()),
         })
     }
 

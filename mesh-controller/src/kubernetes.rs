@@ -8,10 +8,17 @@
 //! retried with kube's default backoff, resuming from the last resourceVersion. A kind whose
 //! CRD is not installed (404) counts as empty, so a cluster without Gateway API still works.
 //!
+//! Losing the API server is logged once (with the whole cause chain, e.g. the rustls reason a
+//! certificate was refused) and so is its return (`ApiHealth`).
+//!
 //! Every replica serves proxies from its own watches; only the holder of the Lease writes
 //! status conditions (`status.parents[]` of routes, under our controller name, leaving other
-//! controllers' entries alone; `status.conditions` of the mesh's own kinds).
+//! controllers' entries alone; `status.conditions` of the mesh's own kinds). [`Election`]
+//! takes and renews the Lease with resourceVersion-guarded patches, releases it on graceful
+//! shutdown and when it could not be renewed within the deadline, and reports its state
+//! ([`LeaderStatus`]) to `/status` and the metrics.
 
+use crate::named::error_chain as chain;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +28,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use mesh_crds::{AuthorizationPolicy, BackendPolicy, EgressPolicy, Server, Workload};
@@ -31,7 +40,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::index::Input;
-use crate::metrics::{KindLabel, Metrics};
+use crate::metrics::{KindLabel, Metrics, ReasonLabel, StateLabel};
 use crate::objects::{Change, Kind, NamespaceInfo, ObjKey, Object, PodInfo};
 use crate::status::{ObjectStatus, StatusReport, CONTROLLER_NAME};
 
@@ -39,6 +48,7 @@ use crate::status::{ObjectStatus, StatusReport, CONTROLLER_NAME};
 pub fn spawn_watches(client: Client, tx: mpsc::Sender<Input>, metrics: Arc<Metrics>) {
     let pending = Arc::new(AtomicUsize::new(Kind::ALL.len()));
     let ctx = WatchCtx {
+        health: Arc::new(ApiHealth::new(client.clone())),
         client,
         tx,
         metrics,
@@ -64,9 +74,132 @@ pub fn spawn_watches(client: Client, tx: mpsc::Sender<Input>, metrics: Arc<Metri
 #[derive(Clone)]
 struct WatchCtx {
     client: Client,
+    health: Arc<ApiHealth>,
     tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     pending: Arc<AtomicUsize>,
+}
+
+/// How the watches are doing, so that an outage is logged once when it starts and once when
+/// it ends, not at every retry of every kind.
+///
+/// A transport failure (connection refused, TLS refused, timeouts) is an outage of the API:
+/// the first one is logged at `warn` with its whole cause chain (down to e.g. the rustls
+/// reason a certificate was refused), the rest at `debug` until the watches resume: a watch
+/// delivers an event again, or the API server answers `/version` again (a resumed watch
+/// delivers nothing until something changes). An error the API server returns (403, 500) is
+/// the problem of one kind: logged per kind and message, at most every 5 minutes.
+struct ApiHealth {
+    client: Client,
+    state: std::sync::Mutex<HealthState>,
+}
+
+#[derive(Default)]
+struct HealthState {
+    /// When the current outage started; `None` while healthy.
+    outage: Option<std::time::Instant>,
+    /// A task is probing `/version`.
+    probing: bool,
+    /// API errors already logged, by kind, with when.
+    logged: HashMap<Kind, (String, std::time::Instant)>,
+}
+
+const REPEAT_AFTER: Duration = Duration::from_secs(300);
+
+impl ApiHealth {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            state: std::sync::Mutex::new(HealthState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A watch error of `kind`.
+    fn failed(self: &Arc<Self>, kind: Kind, e: &watcher::Error) {
+        let api_status = match e {
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
+            watcher::Error::WatchError(s) => Some(s.as_ref()),
+            _ => None,
+        };
+        let text = chain(e);
+        if let Some(status) = api_status {
+            if status.code == 410 {
+                tracing::debug!(%kind, "watch history expired; listing again");
+                return;
+            }
+            let mut st = self.lock();
+            let now = std::time::Instant::now();
+            let repeat = st
+                .logged
+                .get(&kind)
+                .is_none_or(|(prev, at)| *prev != text || now.duration_since(*at) >= REPEAT_AFTER);
+            if repeat {
+                st.logged.insert(kind, (text.clone(), now));
+                drop(st);
+                tracing::warn!(%kind, "the API server refused the watch (retrying with backoff): {text}");
+            } else {
+                tracing::debug!(%kind, "watch error (retrying with backoff): {text}");
+            }
+            return;
+        }
+        let start_probe = {
+            let mut st = self.lock();
+            if st.outage.is_some() {
+                tracing::debug!(%kind, "watch error (retrying with backoff): {text}");
+                false
+            } else {
+                st.outage = Some(std::time::Instant::now());
+                tracing::warn!(%kind, "lost the Kubernetes API (watches retry with backoff; logged once until they resume): {text}");
+                !std::mem::replace(&mut st.probing, true)
+            }
+        };
+        if start_probe {
+            let this = self.clone();
+            tokio::spawn(async move { this.probe().await });
+        }
+    }
+
+    /// A watch of `kind` delivered an event.
+    fn flowing(&self, kind: Kind) {
+        let mut st = self.lock();
+        st.logged.remove(&kind);
+        Self::resumed(&mut st);
+    }
+
+    fn resumed(st: &mut HealthState) {
+        if let Some(since) = st.outage.take() {
+            tracing::info!(
+                "the Kubernetes API answers again after {}s; watches resume from where they stopped",
+                since.elapsed().as_secs()
+            );
+        }
+    }
+
+    /// While the API is lost, asks for `/version` every 2 s; the first answer ends the outage.
+    async fn probe(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            {
+                let mut st = self.lock();
+                if st.outage.is_none() {
+                    st.probing = false;
+                    return;
+                }
+            }
+            if self.client.apiserver_version().await.is_ok() {
+                let mut st = self.lock();
+                Self::resumed(&mut st);
+                st.probing = false;
+                return;
+            }
+        }
+    }
 }
 
 impl WatchCtx {
@@ -119,6 +252,10 @@ impl WatchCtx {
         let mut first = true;
         let mut missing_reported = false;
         while let Some(event) = stream.next().await {
+            // `Init` starts every list attempt, even one about to fail: not a sign of life.
+            if matches!(&event, Ok(e) if !matches!(e, watcher::Event::Init)) {
+                self.health.flowing(kind);
+            }
             let change = match event {
                 Ok(watcher::Event::Init) => {
                     buffer.clear();
@@ -176,7 +313,7 @@ impl WatchCtx {
                             return;
                         }
                     } else {
-                        tracing::warn!(%kind, "watch error (retrying with backoff): {e}");
+                        self.health.failed(kind, &e);
                     }
                     continue;
                 }
@@ -188,38 +325,427 @@ impl WatchCtx {
     }
 }
 
-/// Keeps trying to hold the Lease; `leader` is true while we hold it.
-pub async fn lead(
-    client: Client,
-    namespace: String,
-    lease_name: String,
-    holder: String,
-    leader: watch::Sender<bool>,
-) {
-    use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
-    let ttl = Duration::from_secs(15);
-    let lock = LeaseLock::new(
-        client,
-        &namespace,
-        LeaseLockParams {
-            lease_name: lease_name.clone(),
-            holder_id: holder.clone(),
-            lease_ttl: ttl,
-        },
-    );
-    loop {
-        let leading = match lock.try_acquire_or_renew().await {
-            Ok(LeaseLockResult::Acquired(_)) => true,
-            Ok(LeaseLockResult::NotAcquired(_)) => false,
-            Err(e) => {
-                tracing::warn!(lease = %lease_name, "leader election failed: {e}");
-                false
-            }
-        };
-        if leader.send_replace(leading) != leading {
-            tracing::info!(%holder, leading, "leadership changed");
+/// How leader election is tuned (client-go's defaults, but for the follower): a Lease lasts
+/// `ttl`; the leader renews it every `retry`; it stops writing status when it could not renew
+/// for `renew_deadline` (shorter than the TTL, so that it stops before another replica may
+/// take over). A follower reads the Lease every `follower_retry` and takes it as soon as it is
+/// released (no holder) or expired, so a graceful handover takes about that long.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub renew_deadline: Duration,
+    pub retry: Duration,
+    pub follower_retry: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+            follower_retry: Duration::from_millis(500),
         }
-        tokio::time::sleep(ttl / 3).await;
+    }
+}
+
+/// Where this replica stands in the election, for `/status` and the
+/// `mesh_controller_leader` metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LeaderState {
+    /// Not yet tried.
+    Starting,
+    /// This replica holds the Lease and writes status conditions.
+    Leading,
+    /// Another replica holds the Lease.
+    Following,
+    /// The Lease cannot be read or written (see the reason); nobody may be writing status.
+    Error,
+}
+
+impl LeaderState {
+    pub const ALL: [LeaderState; 4] = [
+        LeaderState::Starting,
+        LeaderState::Leading,
+        LeaderState::Following,
+        LeaderState::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaderState::Starting => "starting",
+            LeaderState::Leading => "leading",
+            LeaderState::Following => "following",
+            LeaderState::Error => "error",
+        }
+    }
+}
+
+/// The `leader` entry of `/status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderStatus {
+    pub state: LeaderState,
+    /// `namespace/name` of the Lease.
+    pub lease: String,
+    /// This replica's holder identity.
+    pub identity: String,
+    /// Who holds the Lease, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Why the state is `error`: `NamespaceMissing`, `Forbidden`, `Unreachable`, `ApiError`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// What is wrong and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl LeaderStatus {
+    pub fn starting(namespace: &str, name: &str, identity: &str) -> Self {
+        Self {
+            state: LeaderState::Starting,
+            lease: format!("{namespace}/{name}"),
+            identity: identity.to_string(),
+            holder: None,
+            reason: None,
+            message: None,
+        }
+    }
+}
+
+/// Where to find the Lease, who we are, and how to report.
+pub struct Election {
+    pub client: Client,
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub timing: LeaseTiming,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why an election round failed, classified for the status, the metric and the advice.
+struct ElectionError {
+    reason: &'static str,
+    message: String,
+}
+
+impl Election {
+    fn classify(&self, what: &str, e: &kube::Error) -> ElectionError {
+        let ns = &self.namespace;
+        match e {
+            kube::Error::Api(s)
+                if s.code == 404
+                    && s.details.as_ref().is_some_and(|d| d.kind == "namespaces") =>
+            {
+                ElectionError {
+                    reason: "NamespaceMissing",
+                    message: format!(
+                        "the Lease namespace {ns} does not exist; create it (`kubectl create namespace {ns}`; \
+                         `meshctl install` creates it) or set --lease-namespace to an existing one. \
+                         Until then no replica writes status conditions (proxies are served as usual)"
+                    ),
+                }
+            }
+            kube::Error::Api(s) if s.code == 403 => ElectionError {
+                reason: "Forbidden",
+                message: format!(
+                    "cannot {what} the Lease {ns}/{}: {}; grant the controller's service account get, create \
+                     and patch on leases (coordination.k8s.io) in {ns}",
+                    self.name, s.message
+                ),
+            },
+            kube::Error::Api(s) => ElectionError {
+                reason: "ApiError",
+                message: format!(
+                    "cannot {what} the Lease {ns}/{}: {} ({})",
+                    self.name, s.message, s.code
+                ),
+            },
+            other => ElectionError {
+                reason: "Unreachable",
+                message: format!(
+                    "cannot {what} the Lease {ns}/{}: {}",
+                    self.name,
+                    chain(other)
+                ),
+            },
+        }
+    }
+
+    fn api(&self) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn spec(&self, acquired: bool, previous: Option<&LeaseSpec>) -> LeaseSpec {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.timing.ttl.as_secs().clamp(1, 3600) as i32),
+            acquire_time: if acquired {
+                Some(now.clone())
+            } else {
+                previous.and_then(|p| p.acquire_time.clone())
+            },
+            renew_time: Some(now),
+            lease_transitions: Some(if acquired && previous.is_some() {
+                transitions + 1
+            } else {
+                transitions
+            }),
+            ..previous.cloned().unwrap_or_default()
+        }
+    }
+
+    /// One round: take a free or expired Lease, renew ours, or see who holds it. Writes
+    /// are guarded by the resourceVersion read, so two replicas never both win a round.
+    async fn round(&self) -> Result<(bool, Option<String>), ElectionError> {
+        let api = self.api();
+        let current = api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.classify("read", &e))?;
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(true, None)),
+            };
+            return match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok((true, Some(self.identity.clone()))),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok((false, None)),
+                Err(e) => Err(self.classify("create", &e)),
+            };
+        };
+        let spec = lease.spec.take().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let ours = holder.as_deref() == Some(self.identity.as_str());
+        if !ours && holder.is_some() && !expired(&spec) {
+            return Ok((false, holder));
+        }
+        let next = self.spec(!ours, Some(&spec));
+        match self.patch(&api, &lease, &next).await {
+            Ok(()) => Ok((true, Some(self.identity.clone()))),
+            // Someone else wrote it since we read it (took it, or renewed it).
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok((false, None)),
+            Err(e) => Err(self.classify("update", &e)),
+        }
+    }
+
+    /// A merge patch of the spec, on the condition that the Lease is still the version we
+    /// read (`metadata.resourceVersion` in a patch is a precondition: 409 otherwise). A patch,
+    /// not an update, so that `get`, `create` and `patch` on the Lease suffice.
+    async fn patch(
+        &self,
+        api: &Api<Lease>,
+        read: &Lease,
+        spec: &LeaseSpec,
+    ) -> Result<(), kube::Error> {
+        let body = serde_json::json!({
+            "metadata": {"resourceVersion": read.metadata.resource_version},
+            "spec": spec,
+        });
+        api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives the Lease up if we hold it: no holder, a 1 s duration (as client-go does), so
+    /// that another replica takes it at once instead of waiting for the TTL.
+    pub async fn step_down(&self) -> Result<bool, kube::Error> {
+        let api = self.api();
+        let Some(mut lease) = api.get_opt(&self.name).await? else {
+            return Ok(false);
+        };
+        let mut spec = lease.spec.take().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = Some(String::new());
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        self.patch(&api, &lease, &spec).await?;
+        Ok(true)
+    }
+
+    fn publish(&self, status: &watch::Sender<LeaderStatus>, next: LeaderStatus) {
+        for s in LeaderState::ALL {
+            self.metrics
+                .leader_state
+                .get_or_create(&StateLabel { state: s.as_str() })
+                .set(i64::from(s == next.state));
+        }
+        status.send_if_modified(|cur| {
+            let changed = *cur != next;
+            *cur = next;
+            changed
+        });
+    }
+
+    /// Keeps trying to hold the Lease until `stop` fires; `leader` is true while we hold it
+    /// (and renewed it within the renew deadline). On `stop`, a leader stops writing status
+    /// and releases the Lease, so that another replica takes over at once.
+    pub async fn run(
+        self,
+        leader: watch::Sender<bool>,
+        status: watch::Sender<LeaderStatus>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut last_renew: Option<tokio::time::Instant> = None;
+        let mut last_warning: Option<(&'static str, tokio::time::Instant)> = None;
+        let mut current = LeaderStatus::starting(&self.namespace, &self.name, &self.identity);
+        self.publish(&status, current.clone());
+        loop {
+            // A leader must know it lost the Lease before the renew deadline passes, however
+            // slow the API server is: bound the round by what is left of it.
+            let limit = match (current.state, last_renew) {
+                (LeaderState::Leading, Some(t)) => self
+                    .timing
+                    .renew_deadline
+                    .saturating_sub(t.elapsed())
+                    .clamp(Duration::from_millis(100), ROUND_TIMEOUT),
+                _ => ROUND_TIMEOUT,
+            };
+            let started = tokio::time::Instant::now();
+            let result = tokio::select! {
+                r = tokio::time::timeout(limit, self.round()) => r.unwrap_or_else(|_| {
+                    Err(ElectionError {
+                        reason: "Unreachable",
+                        message: format!(
+                            "the API server did not answer about the Lease {} within {} ms",
+                            current.lease,
+                            limit.as_millis()
+                        ),
+                    })
+                }),
+                _ = stop.changed() => break,
+            };
+            let now = tokio::time::Instant::now();
+            let mut next = current.clone();
+            match result {
+                Ok((leading, holder)) => {
+                    if leading {
+                        last_renew = Some(started);
+                    }
+                    if last_warning.take().is_some() {
+                        tracing::info!(lease = %current.lease, "the Lease can be read and written again");
+                    }
+                    next.state = if leading {
+                        LeaderState::Leading
+                    } else {
+                        LeaderState::Following
+                    };
+                    next.holder = holder.or(if leading {
+                        None
+                    } else {
+                        current.holder.clone()
+                    });
+                    next.reason = None;
+                    next.message = None;
+                }
+                Err(e) => {
+                    self.metrics
+                        .leader_election_errors
+                        .get_or_create(&ReasonLabel { reason: e.reason })
+                        .inc();
+                    // Once per reason, repeated at most every 5 minutes.
+                    let repeat = last_warning.is_none_or(|(r, at)| {
+                        r != e.reason || now.duration_since(at) >= Duration::from_secs(300)
+                    });
+                    if repeat {
+                        tracing::warn!(lease = %current.lease, reason = e.reason, "leader election: {}", e.message);
+                        last_warning = Some((e.reason, now));
+                    } else {
+                        tracing::debug!(lease = %current.lease, reason = e.reason, "leader election: {}", e.message);
+                    }
+                    let still_leading = current.state == LeaderState::Leading
+                        && last_renew
+                            .is_some_and(|t| now.duration_since(t) < self.timing.renew_deadline);
+                    next.state = if still_leading {
+                        LeaderState::Leading
+                    } else {
+                        LeaderState::Error
+                    };
+                    next.reason = Some(e.reason);
+                    next.message = Some(e.message);
+                }
+            }
+            let leading = next.state == LeaderState::Leading;
+            if leader.send_replace(leading) != leading {
+                tracing::info!(holder = %self.identity, leading, "leadership changed");
+            }
+            if current.state == LeaderState::Leading && !leading && next.state == LeaderState::Error
+            {
+                tracing::warn!(lease = %current.lease, "could not renew the Lease for {}s; stopped writing status and releasing it", self.timing.renew_deadline.as_secs());
+                self.release().await;
+            }
+            self.publish(&status, next.clone());
+            current = next;
+            let wait = if leading {
+                let left = last_renew.map_or(Duration::ZERO, |t| {
+                    self.timing.renew_deadline.saturating_sub(t.elapsed())
+                });
+                self.timing.retry.min(left)
+            } else {
+                self.timing.follower_retry
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        if leader.send_replace(false) {
+            tracing::info!(holder = %self.identity, "stopping: releasing the Lease");
+            self.release().await;
+        }
+    }
+
+    /// Best effort, bounded: on shutdown the process exits soon after.
+    async fn release(&self) {
+        match tokio::time::timeout(Duration::from_secs(2), self.step_down()).await {
+            Ok(Ok(true)) => {
+                tracing::info!(lease = %format!("{}/{}", self.namespace, self.name), "released the Lease")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                "cannot release the Lease (another replica takes over when it expires): {}",
+                chain(&e)
+            ),
+            Err(_) => tracing::warn!(
+                "cannot release the Lease within 2s (another replica takes over when it expires)"
+            ),
+        }
+    }
+}
+
+/// The longest one election round (a read and a write of the Lease) may take.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Whether a Lease held by someone else has run out.
+fn expired(spec: &LeaseSpec) -> bool {
+    let (Some(renewed), Some(secs)) = (&spec.renew_time, spec.lease_duration_seconds) else {
+        return true;
+    };
+    let until = renewed
+        .0
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+            secs,
+        )));
+    match until {
+        Ok(until) => k8s_openapi::jiff::Timestamp::now() > until,
+        Err(_) => false,
     }
 }
 
@@ -373,19 +899,4 @@ pub async fn client_from_environment() -> anyhow::Result<Client> {
             chain(&e)
         ),
     }
-}
-
-/// An error and its sources on one line, skipping a source whose message the text already
-/// holds (many errors print their source inside their own message).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !text.contains(&msg) {
-            text = format!("{text}: {msg}");
-        }
-        cur = s.source();
-    }
-    text
 }

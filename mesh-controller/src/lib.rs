@@ -19,6 +19,7 @@ pub mod index;
 pub mod kubernetes;
 pub mod local;
 pub mod metrics;
+pub mod named;
 pub mod objects;
 pub mod policies;
 pub mod policy_args;
@@ -50,6 +51,8 @@ pub struct Running {
     pub identity: Arc<identity::IdentityState>,
     shutdown: Option<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Kubernetes mode: tells the leader election to release the Lease, and its task.
+    election: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
     source: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -62,8 +65,28 @@ impl Running {
         }
     }
 
-    /// Stops serving and every task.
+    /// Stops gracefully: a leader stops writing status and releases its Lease (so that
+    /// another replica takes over at once, not when the Lease expires), then everything
+    /// stops as in [`Running::shutdown`]. Bounded: gives up on the release after 3 s.
+    pub async fn stop(mut self) {
+        if let Some((stop, task)) = self.election.take() {
+            let _ = stop.send(true);
+            let abort = task.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(3), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        self.shutdown();
+    }
+
+    /// Stops serving and every task at once (the Lease, if held, is left to expire).
     pub fn shutdown(mut self) {
+        if let Some((_, task)) = self.election.take() {
+            task.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -103,6 +126,8 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
 
     let mut tasks = vec![tokio::spawn(index.clone().run(rx))];
     let mut kube_client = None;
+    let mut election = None;
+    let mut leader_status = None;
     let (files, source_name, source) = match args.source {
         Source::Local => {
             let dir = args.config_dir.clone().context(
@@ -128,13 +153,26 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
             kube_client = Some(client.clone());
             kubernetes::spawn_watches(client.clone(), tx, metrics.clone());
             let (leader_tx, leader_rx) = watch::channel(false);
-            tasks.push(tokio::spawn(kubernetes::lead(
-                client.clone(),
-                args.lease_namespace.clone(),
-                args.lease_name.clone(),
-                kubernetes::holder_identity(),
-                leader_tx,
-            )));
+            let identity = kubernetes::holder_identity();
+            let (status_tx, status_rx) = watch::channel(kubernetes::LeaderStatus::starting(
+                &args.lease_namespace,
+                &args.lease_name,
+                &identity,
+            ));
+            let (election_stop, election_stop_rx) = watch::channel(false);
+            let elect = kubernetes::Election {
+                client: client.clone(),
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity,
+                timing: kubernetes::LeaseTiming::default(),
+                metrics: metrics.clone(),
+            };
+            election = Some((
+                election_stop,
+                tokio::spawn(elect.run(leader_tx, status_tx, election_stop_rx)),
+            ));
+            leader_status = Some(status_rx);
             tasks.push(tokio::spawn(kubernetes::write_statuses(
                 client,
                 index.status(),
@@ -162,6 +200,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
         source: source_name,
         identity: identity.clone(),
         webhook: webhook_status,
+        leader: leader_status,
     };
     tasks.push(tokio::spawn(admin.serve(admin_listener)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -185,6 +224,7 @@ pub async fn start_with(args: RunArgs, client: Option<kube::Client>) -> anyhow::
         identity,
         shutdown: Some(stop_tx),
         tasks,
+        election,
         source,
     })
 }

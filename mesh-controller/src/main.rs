@@ -245,6 +245,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("SIGTERM; stopping"),
     }
-    running.shutdown();
+    running.stop().await;
     Ok(())
 }

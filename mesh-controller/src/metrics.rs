@@ -43,6 +43,12 @@ pub struct ProxiesLabel {
     pub state: &'static str,
 }
 
+/// Where this replica stands in leader election: `starting`, `leading`, `following`, `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Open proxy streams per API (destination, inbound).
@@ -76,6 +82,11 @@ pub struct Metrics {
     pub webhook_requests: Family<OutcomeLabel, Counter>,
     /// Time to answer an admission request.
     pub webhook_duration: Histogram,
+    /// 1 for this replica's leader-election state, 0 for the others (Kubernetes mode).
+    pub leader_state: Family<StateLabel, Gauge>,
+    /// Failed leader-election rounds per reason (`NamespaceMissing`, `Forbidden`,
+    /// `Unreachable`, `ApiError`).
+    pub leader_election_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -97,6 +108,8 @@ impl Metrics {
             identity_proxies: Family::default(),
             webhook_requests: Family::default(),
             webhook_duration: Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            leader_state: Family::default(),
+            leader_election_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams_open", "Open proxy streams", m.streams_open.clone());
@@ -165,6 +178,16 @@ impl Metrics {
             "webhook_duration_seconds",
             "Time to answer an admission webhook request",
             m.webhook_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "Leader election state of this replica (1 for the current state: starting, leading, following, error)",
+            m.leader_state.clone(),
+        );
+        registry.register(
+            "leader_election_errors",
+            "Failed leader-election rounds by reason (NamespaceMissing, Forbidden, Unreachable, ApiError)",
+            m.leader_election_errors.clone(),
         );
         Self { registry, ..m }
     }

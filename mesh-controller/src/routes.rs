@@ -284,11 +284,20 @@ macro_rules! rule_headers {
         for (fi, f) in $rule.filters.iter().flatten().enumerate() {
             match &f.request_header_modifier {
                 Some(m) => {
-                    headers = Ok(header_modifier(
+                    let modifier = header_modifier(
                         m.set.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
                         m.add.iter().flatten().map(|h| (h.name.clone(), h.value.clone())),
                         m.remove.clone().unwrap_or_default(),
-                    ));
+                    );
+                    // Named as in the route (`set[0].value`), not as in the proxy's model.
+                    if let Err(e) = modifier.validate() {
+                        headers = Err((
+                            "UnsupportedValue".to_string(),
+                            format!("{}.filters[{fi}].requestHeaderModifier.{e}", $where_),
+                        ));
+                        break;
+                    }
+                    headers = Ok(modifier);
                 }
                 None => {
                     headers = Err((

@@ -1,7 +1,8 @@
 //! The admission webhook over real HTTPS: a TLS client that trusts only the webhook's CA
 //! posts real AdmissionReviews; the patch applied to the pod must equal
 //! `meshctl inject --manual` (the library) of the same pod. Also: pods that did not opt in,
-//! malformed and oversized bodies, a serving certificate replaced in its Secret, metrics.
+//! malformed and oversized bodies, a serving certificate replaced in its Secret, metrics,
+//! and injection defaults read from a watched ConfigMap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::PostParams;
 use kube::Api;
-use mesh_controller::args::RunArgs;
+use mesh_controller::args::{RunArgs, SecretRef};
 use mesh_controller::webhook::args::WebhookAddr;
 use mesh_fake_kube::FakeApiServer;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -449,6 +450,288 @@ async fn the_webhook_injects_what_meshctl_inject_manual_writes() {
     );
     assert!(m.contains("mesh_controller_webhook_duration_seconds_count"));
     running.shutdown();
+}
+
+fn config_map(data: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "mesh-config", "namespace": "mesh-system"},
+        "data": data
+    })
+}
+
+/// The injection settings of a ConfigMap's data over `flags`, as the library reads them.
+fn over(flags: &mesh_inject::Settings, data: &Value) -> mesh_inject::Settings {
+    let data: std::collections::BTreeMap<String, String> =
+        serde_json::from_value(data.clone()).unwrap();
+    flags.with_config_map(&data).unwrap()
+}
+
+/// The pod `meshctl inject --manual` writes with `settings` (namespace `shop` opted in).
+fn manual(settings: mesh_inject::Settings) -> Value {
+    let mut doc: mesh_inject::Doc = serde_yaml_ng::to_value(pod("shop")).unwrap();
+    let ctx = mesh_inject::Context {
+        settings,
+        namespaces: [(
+            "shop".to_string(),
+            [("mesh.dev/inject".to_string(), "enabled".to_string())].into(),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    mesh_inject::inject(&mut doc, &ctx, mesh_inject::Mode::Manual).unwrap();
+    serde_json::to_value(&doc).unwrap()
+}
+
+/// The `mesh-proxy` container of a pod (native or fallback).
+fn proxy_of(pod: &Value) -> Value {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| pod["spec"][k].as_array())
+        .flatten()
+        .find(|c| c["name"] == "mesh-proxy")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Admits the `shop` pod until the patched pod satisfies `check` (up to 20 s): handshakes
+/// fail until the certificate is read, and settings changes take a moment to arrive.
+async fn admit_until(
+    addr: SocketAddr,
+    ca: &Ca,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let body = serde_json::to_vec(&review(&pod("shop"), "shop")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match try_post(addr, ca, "application/json", body.clone()).await {
+            Ok((_, rsp, _)) => {
+                let v: Value = serde_json::from_slice(&rsp).unwrap_or(Value::Null);
+                if v["response"]["patch"].is_string() {
+                    let patched = apply_patch(&v["response"], &pod("shop"));
+                    if check(&patched) {
+                        return patched;
+                    }
+                    serde_json::to_string(&proxy_of(&patched)).unwrap()
+                } else {
+                    String::from_utf8_lossy(&rsp).into_owned()
+                }
+            }
+            Err(e) => e,
+        };
+        assert!(Instant::now() < deadline, "{what}; last answer: {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--inject-config`: the webhook injects with the ConfigMap's settings over the flags',
+/// follows its changes, keeps the last good settings when a value is bad, and falls back to
+/// the flags while it does not exist; `/status` says which is in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injection_defaults_come_from_the_watched_config_map() {
+    let server = FakeApiServer::start();
+    for (ns, annotations) in [
+        ("shop", json!({"mesh.dev/inject": "enabled"})),
+        ("mesh-system", json!({})),
+    ] {
+        server
+            .upsert(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "annotations": annotations}}))
+            .unwrap();
+    }
+    let kube = server.client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(kube.clone());
+    for crd in mesh_crds::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    let ca = Ca::new();
+    let (cert, key, _) = ca.serving();
+    server.upsert(secret(&cert, &key)).unwrap();
+    let first = json!({
+        "version": "0.1.0",
+        "values.yaml": "proxy:\n  logLevel: debug\n",
+        "proxy-image": "registry.example/mesh-proxy:cm1",
+        "controller-addr": "http://mesh-controller.mesh-system.svc.cluster.local:8086",
+        "native-sidecar": "true",
+        "init-container": "false",
+        "proxy-log-level": "debug",
+        "proxy-cpu-request": "50m",
+        "proxy-memory-request": "32Mi",
+        "proxy-cpu-limit": "1",
+        "proxy-memory-limit": "128Mi"
+    });
+    server.upsert(config_map(first.clone())).unwrap();
+
+    let mut args = RunArgs::for_tests(None);
+    args.webhook.webhook_addr = WebhookAddr(Some("127.0.0.1:0".parse().unwrap()));
+    args.webhook.inject.inject_proxy_image = "registry.example/mesh-proxy:flags".into();
+    args.webhook.inject.inject_config = Some(SecretRef {
+        namespace: "mesh-system".into(),
+        name: "mesh-config".into(),
+    });
+    let flags = args.webhook.inject.settings(&args.trust_domain);
+    let running = mesh_controller::start_with(args, Some(kube)).await.unwrap();
+    let addr = running.webhook_addr.expect("the webhook listens");
+    let admin = running.admin_addr;
+
+    // The ConfigMap's image, log level, resources and init-container setting.
+    let patched = admit_until(addr, &ca, "the ConfigMap's settings never applied", |p| {
+        proxy_of(p)["image"] == "registry.example/mesh-proxy:cm1"
+    })
+    .await;
+    assert_eq!(patched, manual(over(&flags, &first)));
+    let proxy = proxy_of(&patched);
+    assert_eq!(
+        proxy["resources"],
+        json!({"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}})
+    );
+    let env = serde_json::to_string(&proxy["env"]).unwrap();
+    assert!(
+        env.contains(r#"{"name":"MESH_PROXY_LOG","value":"debug"}"#),
+        "{env}"
+    );
+    assert!(env.contains("MESH_PROXY_WORKER_THREADS"), "{env}");
+    let names: Vec<&str> = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["mesh-proxy"],
+        "init-container: false leaves out mesh-init"
+    );
+    let s = wait_status(admin, "the ConfigMap is in use", |s| {
+        s["injection"]["inUse"] == "configMap"
+    })
+    .await;
+    assert_eq!(s["injection"]["configMap"], "mesh-system/mesh-config");
+    assert!(s["injection"]["problem"].is_null(), "{s}");
+    assert_eq!(
+        s["injection"]["settings"]["proxy-image"],
+        "registry.example/mesh-proxy:cm1"
+    );
+    let first_version = s["injection"]["resourceVersion"].clone();
+    assert!(first_version.is_string(), "{s}");
+
+    // A change applies to the next admission; a missing key keeps the flag's value, ""
+    // removes a limit.
+    let second = json!({
+        "proxy-image": "registry.example/mesh-proxy:cm2",
+        "proxy-log-level": "warn,mesh_proxy=info",
+        "proxy-cpu-limit": "",
+        "native-sidecar": "false"
+    });
+    server.upsert(config_map(second.clone())).unwrap();
+    let patched = admit_until(addr, &ca, "the changed ConfigMap never applied", |p| {
+        proxy_of(p)["image"] == "registry.example/mesh-proxy:cm2"
+    })
+    .await;
+    assert_eq!(patched, manual(over(&flags, &second)));
+    let proxy = proxy_of(&patched);
+    assert_eq!(
+        proxy["resources"],
+        json!({"requests": {"cpu": "10m", "memory": "20Mi"}}),
+        "the flags' requests and no limits: {proxy}"
+    );
+    assert_eq!(patched["spec"]["containers"][0]["name"], "mesh-proxy");
+    let env = serde_json::to_string(&proxy["env"]).unwrap();
+    assert!(!env.contains("MESH_PROXY_WORKER_THREADS"), "{env}");
+    assert!(env.contains("warn,mesh_proxy=info"), "{env}");
+
+    // A bad value refuses the whole new ConfigMap: the previous settings stay.
+    server
+        .upsert(config_map(json!({
+            "proxy-image": "registry.example/mesh-proxy:cm3",
+            "native-sidecar": "maybe",
+            "proxy-memory-request": "lots"
+        })))
+        .unwrap();
+    let s = wait_status(admin, "the bad ConfigMap is reported", |s| {
+        s["injection"]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("native-sidecar: 'maybe'"))
+    })
+    .await;
+    let problem = s["injection"]["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("proxy-memory-request: 'lots'"),
+        "{problem}"
+    );
+    assert!(problem.contains("stay in use"), "{problem}");
+    assert_eq!(s["injection"]["inUse"], "configMap");
+    assert_eq!(
+        s["injection"]["settings"]["proxy-image"],
+        "registry.example/mesh-proxy:cm2"
+    );
+    assert_ne!(s["injection"]["resourceVersion"], first_version);
+    let patched = admit_until(addr, &ca, "the webhook still injects", |_| true).await;
+    assert_eq!(
+        proxy_of(&patched)["image"],
+        "registry.example/mesh-proxy:cm2",
+        "the last good settings stay in use"
+    );
+
+    // Deleted: the flags' settings, and /status says the ConfigMap is missing.
+    server
+        .remove("v1", "configmaps", Some("mesh-system"), "mesh-config")
+        .unwrap();
+    let patched = admit_until(addr, &ca, "the flags never applied", |p| {
+        proxy_of(p)["image"] == "registry.example/mesh-proxy:flags"
+    })
+    .await;
+    assert_eq!(patched, manual(flags.clone()));
+    let s = wait_status(admin, "the missing ConfigMap is reported", |s| {
+        s["injection"]["inUse"] == "missing"
+    })
+    .await;
+    let problem = s["injection"]["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("ConfigMap mesh-system/mesh-config does not exist"),
+        "{s}"
+    );
+    running.shutdown();
+}
+
+/// Bad `--inject-*` values and `--inject-config` in local mode stop the controller at start,
+/// naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_injection_flags_stop_the_start() {
+    let config = tempfile::tempdir().unwrap();
+    let args = || {
+        let mut a = RunArgs::for_tests(Some(config.path().to_path_buf()));
+        a.webhook.webhook_addr = WebhookAddr(Some("127.0.0.1:0".parse().unwrap()));
+        a
+    };
+    let mut bad = args();
+    bad.webhook.inject.inject_proxy_log_level = "info debug".into();
+    bad.webhook.inject.inject_proxy_cpu_request = "2".into();
+    bad.webhook.inject.inject_proxy_cpu_limit = Some("1".into());
+    let e = mesh_controller::start(bad)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains(
+            "--inject-proxy-log-level (MESH_CONTROLLER_INJECT_PROXY_LOG_LEVEL): 'info debug'"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("--inject-proxy-cpu-request"), "{e}");
+    let mut local = args();
+    local.webhook.inject.inject_config = Some(SecretRef {
+        namespace: "mesh-system".into(),
+        name: "mesh-config".into(),
+    });
+    let e = mesh_controller::start(local)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("--inject-config mesh-system/mesh-config"), "{e}");
+    assert!(e.contains("local mode"), "{e}");
 }
 
 /// Local mode with certificate files: served from the files, replaced when they change, a

@@ -1,4 +1,5 @@
-//! Workload identities (SPIFFE IDs such as `spiffe://cluster.local/ns/default/sa/web`).
+//! Workload identities (SPIFFE IDs such as `spiffe://cluster.local/ns/default/sa/web`), and
+//! what a proxy's admin endpoint `GET /identity` says about its current certificate.
 
 use std::fmt;
 
@@ -78,6 +79,20 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// The JSON of a proxy's `GET /identity` (admin port 4191): its current certificate. The
+/// proxy answers 404 with a text body while it has none.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxyIdentityStatus {
+    /// The SPIFFE ID in the certificate (`spiffe://...`).
+    pub identity: String,
+    /// The end of the certificate's validity, RFC 3339 in UTC (`2026-01-02T03:04:05Z`).
+    pub not_after: String,
+    /// The certificate chain as PEM: the leaf first, then the intermediates.
+    pub certificate_chain_pem: String,
+    /// The proxy's version.
+    pub version: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +101,24 @@ mod tests {
     fn accepts_spiffe_ids() {
         let id = Identity::parse("spiffe://cluster.local/ns/default/sa/web").unwrap();
         assert_eq!(id.trust_domain(), "cluster.local");
+    }
+
+    #[test]
+    fn proxy_identity_status_is_the_documented_json() {
+        let s = ProxyIdentityStatus {
+            identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            not_after: "2026-01-02T03:04:05Z".into(),
+            certificate_chain_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            version: "0.1.0".into(),
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["certificate_chain_pem", "identity", "not_after", "version"]
+        );
+        assert_eq!(serde_json::from_value::<ProxyIdentityStatus>(v).unwrap(), s);
     }
 
     #[test]

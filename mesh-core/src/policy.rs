@@ -61,9 +61,16 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 pub const MAX_REPLAY_BODY_LIMIT: u32 = 16 * 1024 * 1024;
 
 impl RetryPolicy {
+    /// The first problem of [`RetryPolicy::problems`].
     pub fn validate(&self) -> Result<(), InvalidValue> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem, in field order (so that a person fixes them all at once).
+    pub fn problems(&self) -> Vec<InvalidValue> {
+        let mut out = Vec::new();
         if self.max_retries > MAX_RETRIES_LIMIT {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "max_retries",
                 format!(
                     "{} is above the limit of {MAX_RETRIES_LIMIT}",
@@ -71,20 +78,27 @@ impl RetryPolicy {
                 ),
             ));
         }
+        if let Some(c) = self.grpc_codes.iter().find(|c| **c > 16) {
+            out.push(InvalidValue::new(
+                "grpc_codes",
+                format!("{c} is not a gRPC status code (0-16)"),
+            ));
+        }
         if self.backoff_base > self.backoff_max {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "backoff_base",
                 format!(
-                    "{:?} is larger than backoff_max {:?}",
-                    self.backoff_base, self.backoff_max
+                    "{} is larger than backoff_max {}",
+                    humantime::format_duration(self.backoff_base),
+                    humantime::format_duration(self.backoff_max)
                 ),
             ));
         }
         if self.backoff_max > Duration::from_secs(60) {
-            return Err(InvalidValue::new("backoff_max", "must be at most 60s"));
+            out.push(InvalidValue::new("backoff_max", "must be at most 60s"));
         }
         if self.max_body_bytes > MAX_REPLAY_BODY_LIMIT {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "max_body_bytes",
                 format!(
                     "{} is above the limit of {MAX_REPLAY_BODY_LIMIT}",
@@ -92,13 +106,7 @@ impl RetryPolicy {
                 ),
             ));
         }
-        if let Some(c) = self.grpc_codes.iter().find(|c| **c > 16) {
-            return Err(InvalidValue::new(
-                "grpc_codes",
-                format!("{c} is not a gRPC status code (0-16)"),
-            ));
-        }
-        Ok(())
+        out
     }
 
     /// Whether a response with this HTTP status (and gRPC status, when the response carried
@@ -141,17 +149,24 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
+    /// The first problem of [`RetryBudget::problems`].
     pub fn validate(&self) -> Result<(), InvalidValue> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem, in field order.
+    pub fn problems(&self) -> Vec<InvalidValue> {
+        let mut out = Vec::new();
         if !(0.0..=1000.0).contains(&self.ratio) || self.ratio.is_nan() {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "ratio",
                 format!("{} is not between 0.0 and 1000.0", self.ratio),
             ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.ttl) {
-            return Err(InvalidValue::new("ttl", "must be between 1s and 60s"));
+            out.push(InvalidValue::new("ttl", "must be between 1s and 60s"));
         }
-        Ok(())
+        out
     }
 }
 
@@ -198,18 +213,25 @@ impl Default for CircuitBreaker {
 }
 
 impl CircuitBreaker {
+    /// The first problem of [`CircuitBreaker::problems`].
     pub fn validate(&self) -> Result<(), InvalidValue> {
+        self.problems().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every problem, in field order.
+    pub fn problems(&self) -> Vec<InvalidValue> {
+        let mut out = Vec::new();
         if self.consecutive_failures == 0 {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "consecutive_failures",
                 "must be at least 1",
             ));
         }
         if self.base_ejection < Duration::from_millis(1) {
-            return Err(InvalidValue::new("base_ejection", "must be at least 1ms"));
+            out.push(InvalidValue::new("base_ejection", "must be at least 1ms"));
         }
         if self.max_ejection < self.base_ejection {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "max_ejection",
                 format!(
                     "{} is shorter than base_ejection {}",
@@ -219,12 +241,12 @@ impl CircuitBreaker {
             ));
         }
         if self.max_ejected_percent > 100 {
-            return Err(InvalidValue::new(
+            out.push(InvalidValue::new(
                 "max_ejected_percent",
                 format!("{} is not between 0 and 100", self.max_ejected_percent),
             ));
         }
-        Ok(())
+        out
     }
 
     /// How long the `n`-th ejection (counting from 1) of an endpoint lasts.
@@ -379,6 +401,39 @@ mod tests {
         assert!(
             serde_yaml_ng::from_str::<BackendPolicy>("circuit_breaker: { failures: 3 }\n").is_err()
         );
+    }
+
+    #[test]
+    fn problems_lists_every_invalid_field() {
+        let p = RetryPolicy {
+            max_retries: 50,
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let fields: Vec<_> = p.problems().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["max_retries", "backoff_base"]);
+        assert_eq!(p.validate().unwrap_err().field, "max_retries");
+        let msg = p.problems()[1].to_string();
+        assert_eq!(msg, "backoff_base: 5s is larger than backoff_max 10ms");
+        let cb = CircuitBreaker {
+            consecutive_failures: 0,
+            base_ejection: Duration::from_secs(300),
+            max_ejection: Duration::from_secs(1),
+            max_ejected_percent: 101,
+        };
+        let fields: Vec<_> = cb.problems().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "consecutive_failures",
+                "max_ejection",
+                "max_ejected_percent"
+            ]
+        );
+        assert!(RetryPolicy::default().problems().is_empty());
+        assert!(CircuitBreaker::default().problems().is_empty());
+        assert!(RetryBudget::default().problems().is_empty());
     }
 
     #[test]

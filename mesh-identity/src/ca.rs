@@ -632,7 +632,8 @@ fn key_from_pem(pem: &str, what: &str) -> Result<KeyPair, Error> {
         .map_err(|e| Error::new(format!("{what} is not an ECDSA P-256 private key: {e}")))
 }
 
-pub(crate) fn cert_to_pem(cert: &CertificateDer<'_>) -> String {
+/// A certificate as one PEM `CERTIFICATE` block (64-column base64).
+pub fn cert_to_pem(cert: &CertificateDer<'_>) -> String {
     const LINE: usize = 64;
     let b64 = base64_std(cert);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::settings::Settings;
+use crate::settings::{self, Settings};
 use crate::InjectError;
 
 /// `enabled` or `disabled`: whether the webhook injects (on a Pod, a pod template or a
@@ -53,8 +53,8 @@ pub const USER_ANNOTATIONS: &[&str] = &[
     PROXY_IMAGE,
 ];
 
-/// Default requests of the proxy container: enough for a lightly loaded sidecar to be
-/// scheduled honestly; no limits unless annotated.
+/// Default requests of the proxy container ([`Settings`]' defaults): enough for a lightly
+/// loaded sidecar to be scheduled honestly; no limits unless set or annotated.
 pub const DEFAULT_CPU_REQUEST: &str = "10m";
 pub const DEFAULT_MEMORY_REQUEST: &str = "20Mi";
 
@@ -156,41 +156,35 @@ pub fn resolve(
     layers: &Layers<'_>,
     ports: &PortNames,
 ) -> Result<Resolved, InjectError> {
-    let image = match layers.get(PROXY_IMAGE) {
-        None => settings.proxy_image.clone(),
-        Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => v.to_string(),
-        Some(v) => {
-            return Err(bad(
-                layers.at(PROXY_IMAGE),
-                PROXY_IMAGE,
-                v,
-                "write an image reference such as registry.example/mesh-proxy:0.1.0",
-            ))
-        }
-    };
-    let log_level = match layers.get(PROXY_LOG_LEVEL) {
-        None => settings.proxy_log_level.clone(),
-        Some(v) if is_log_filter(v) => v.to_string(),
-        Some(v) => {
-            return Err(bad(
-                layers.at(PROXY_LOG_LEVEL),
-                PROXY_LOG_LEVEL,
-                v,
-                "write a level (error, warn, info, debug, trace) or a filter such as info,mesh_proxy=debug",
-            ))
-        }
-    };
-    let quantity = |key: &str, kind: Quantity| -> Result<Option<String>, InjectError> {
+    let value = |key: &str,
+                 check: fn(&str) -> Result<(), &'static str>|
+     -> Result<Option<String>, InjectError> {
         match layers.get(key) {
             None => Ok(None),
-            Some(v) if is_quantity(v) => Ok(Some(v.to_string())),
-            Some(v) => Err(bad(layers.at(key), key, v, kind.hint())),
+            Some(v) => match check(v) {
+                Ok(()) => Ok(Some(v.to_string())),
+                Err(hint) => Err(bad(layers.at(key), key, v, hint)),
+            },
         }
     };
-    let cpu_request = quantity(PROXY_CPU_REQUEST, Quantity::Cpu)?;
-    let cpu_limit = quantity(PROXY_CPU_LIMIT, Quantity::Cpu)?;
-    let memory_request = quantity(PROXY_MEMORY_REQUEST, Quantity::Memory)?;
-    let memory_limit = quantity(PROXY_MEMORY_LIMIT, Quantity::Memory)?;
+    let image =
+        value(PROXY_IMAGE, settings::check_image)?.unwrap_or_else(|| settings.proxy_image.clone());
+    let log_level = value(PROXY_LOG_LEVEL, settings::check_log_filter)?
+        .unwrap_or_else(|| settings.proxy_log_level.clone());
+    let (cpu_request, cpu_limit) = resources(
+        layers,
+        (PROXY_CPU_REQUEST, PROXY_CPU_LIMIT),
+        value(PROXY_CPU_REQUEST, settings::check_cpu)?,
+        value(PROXY_CPU_LIMIT, settings::check_cpu)?,
+        (&settings.proxy_cpu_request, &settings.proxy_cpu_limit),
+    )?;
+    let (memory_request, memory_limit) = resources(
+        layers,
+        (PROXY_MEMORY_REQUEST, PROXY_MEMORY_LIMIT),
+        value(PROXY_MEMORY_REQUEST, settings::check_memory)?,
+        value(PROXY_MEMORY_LIMIT, settings::check_memory)?,
+        (&settings.proxy_memory_request, &settings.proxy_memory_limit),
+    )?;
     Ok(Resolved {
         image,
         native_sidecar: boolean(layers, NATIVE_SIDECAR, settings.native_sidecar)?,
@@ -200,31 +194,49 @@ pub fn resolve(
         skip_outbound_ports: port_list(layers, SKIP_OUTBOUND_PORTS, &PortNames::new())?,
         skip_outbound_cidrs: cidr_list(layers)?,
         opaque_ports: port_list(layers, OPAQUE_PORTS, ports)?,
-        // A limit alone also sets the request, as Kubernetes does for a container.
-        cpu_request: cpu_request
-            .or_else(|| cpu_limit.clone())
-            .unwrap_or_else(|| DEFAULT_CPU_REQUEST.into()),
-        memory_request: memory_request
-            .or_else(|| memory_limit.clone())
-            .unwrap_or_else(|| DEFAULT_MEMORY_REQUEST.into()),
+        cpu_request,
         cpu_limit,
+        memory_request,
         memory_limit,
     })
 }
 
-#[derive(Clone, Copy)]
-enum Quantity {
-    Cpu,
-    Memory,
-}
-
-impl Quantity {
-    fn hint(self) -> &'static str {
-        match self {
-            Quantity::Cpu => "write a Kubernetes quantity such as 100m or 1",
-            Quantity::Memory => "write a Kubernetes quantity such as 64Mi or 1Gi",
+/// One resource's request and limit: the annotations' over the settings'. An annotated
+/// limit alone also sets the request, as Kubernetes does for a container. A request above
+/// its limit is an error that names the annotation.
+fn resources(
+    layers: &Layers<'_>,
+    (request_key, limit_key): (&str, &str),
+    request: Option<String>,
+    limit: Option<String>,
+    (default_request, default_limit): (&String, &Option<String>),
+) -> Result<(String, Option<String>), InjectError> {
+    let annotated_request = request.is_some();
+    let annotated_limit = limit.is_some();
+    let request = request
+        .or_else(|| limit.clone())
+        .unwrap_or_else(|| default_request.clone());
+    let limit = limit.or_else(|| default_limit.clone());
+    if let Some(l) = &limit {
+        if settings::exceeds(&request, l) {
+            let hint = if annotated_limit {
+                format!("it is more than the limit {l} ({limit_key}); lower it or raise the limit")
+            } else {
+                format!(
+                    "it is more than the injection settings' limit {l}; lower it or also annotate {limit_key}"
+                )
+            };
+            return Err(if annotated_request {
+                bad(layers.at(request_key), request_key, &request, &hint)
+            } else {
+                InjectError::new(
+                    "",
+                    format!("the injection settings' request {request} is more than their limit {l}; correct the settings (flags or the mesh-config ConfigMap)"),
+                )
+            });
         }
     }
+    Ok((request, limit))
 }
 
 /// A Kubernetes resource quantity: a decimal number with an optional binary (`Ki`..`Ei`),
@@ -252,10 +264,36 @@ pub fn is_quantity(v: &str) -> bool {
     number_ok && suffix_ok
 }
 
-fn is_log_filter(v: &str) -> bool {
-    !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '=' | ',' | ':' | '.' | '-'))
+/// The number a valid quantity stands for (`100m` is 0.1, `1Ki` is 1024), to compare a
+/// request with its limit; `None` when it is not a quantity.
+pub fn quantity_value(v: &str) -> Option<f64> {
+    if !is_quantity(v) {
+        return None;
+    }
+    let end = v
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || (i == 0 && (c == '+' || c == '-'))))
+        .map_or(v.len(), |(i, _)| i);
+    let (number, suffix) = v.split_at(end);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e => 10f64.powi(e[1..].parse::<i32>().ok()?),
+    };
+    Some(number * scale)
 }
 
 /// A comma-separated list of ports, ranges and (when `names` has them) container port names;
@@ -381,6 +419,82 @@ mod tests {
         .unwrap();
         assert_eq!(r.memory_request, "128Mi");
         assert_eq!(r.memory_limit.as_deref(), Some("128Mi"));
+    }
+
+    #[test]
+    fn quantity_values_compare() {
+        for (q, v) in [
+            ("100m", 0.1),
+            ("1", 1.0),
+            ("1Ki", 1024.0),
+            ("64Mi", 64.0 * 1024.0 * 1024.0),
+            ("2k", 2000.0),
+            ("1e3", 1000.0),
+            ("+.5", 0.5),
+        ] {
+            let got = quantity_value(q).unwrap();
+            assert!((got - v).abs() < 1e-9, "{q}: {got}");
+        }
+        assert_eq!(quantity_value("lots"), None);
+        assert!(settings::exceeds("2", "500m"));
+        assert!(!settings::exceeds("500m", "1"));
+        assert!(!settings::exceeds("1Gi", "1Gi"));
+    }
+
+    #[test]
+    fn the_settings_resources_apply_unless_annotated() {
+        let s = Settings {
+            proxy_cpu_request: "50m".into(),
+            proxy_memory_request: "32Mi".into(),
+            proxy_cpu_limit: Some("1".into()),
+            proxy_memory_limit: Some("128Mi".into()),
+            ..Settings::default()
+        };
+        let none = map(&[]);
+        let r = resolve(&s, &Layers(vec![(&none, "x".into())]), &PortNames::new()).unwrap();
+        assert_eq!(
+            (r.cpu_request.as_str(), r.cpu_limit.as_deref()),
+            ("50m", Some("1"))
+        );
+        assert_eq!(
+            (r.memory_request.as_str(), r.memory_limit.as_deref()),
+            ("32Mi", Some("128Mi"))
+        );
+        let pod = map(&[(PROXY_CPU_REQUEST, "200m"), (PROXY_MEMORY_LIMIT, "64Mi")]);
+        let r = resolve(&s, &Layers(vec![(&pod, "x".into())]), &PortNames::new()).unwrap();
+        assert_eq!(
+            (r.cpu_request.as_str(), r.cpu_limit.as_deref()),
+            ("200m", Some("1"))
+        );
+        assert_eq!(
+            (r.memory_request.as_str(), r.memory_limit.as_deref()),
+            ("64Mi", Some("64Mi")),
+            "an annotated limit alone sets the request"
+        );
+    }
+
+    #[test]
+    fn a_request_above_its_limit_names_the_annotation() {
+        let s = Settings {
+            proxy_cpu_limit: Some("500m".into()),
+            ..Settings::default()
+        };
+        let pod = map(&[(PROXY_CPU_REQUEST, "2")]);
+        let e = resolve(&s, &Layers(vec![(&pod, "p".into())]), &PortNames::new()).unwrap_err();
+        assert!(e.message.contains(PROXY_CPU_REQUEST), "{e}");
+        assert!(
+            e.message.contains("also annotate mesh.dev/proxy-cpu-limit"),
+            "{e}"
+        );
+        assert_eq!(e.path, "p");
+        let pod = map(&[(PROXY_MEMORY_REQUEST, "1Gi"), (PROXY_MEMORY_LIMIT, "64Mi")]);
+        let e = resolve(
+            &Settings::default(),
+            &Layers(vec![(&pod, "p".into())]),
+            &PortNames::new(),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("more than the limit 64Mi"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //!   circuit-breaker state) as JSON.
 //! - `GET /log-level`, `PUT /log-level` (body: a tracing filter such as `debug` or
 //!   `info,mesh_proxy=trace`): read or change the log filter at runtime.
+//! - `GET /identity`: the certificate in use as JSON
+//!   (`mesh_core::identity::ProxyIdentityStatus`); 404 while there is none (identity off,
+//!   or not issued yet).
 //! - `POST /shutdown`: graceful shutdown, for jobs that finish. Accepted from loopback only.
 
 use std::convert::Infallible;
@@ -20,6 +23,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use mesh_identity::tls::Credentials;
+
 use crate::destination::{Destinations, Resolution};
 use crate::metrics::Metrics;
 
@@ -31,6 +36,8 @@ pub struct Admin {
     pub dests: Arc<Destinations>,
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub log: Option<LogControl>,
+    /// The proxy's certificate, when identity is on.
+    pub identity: Option<Credentials>,
     pub shutdown_tx: watch::Sender<bool>,
 }
 
@@ -99,6 +106,24 @@ impl Admin {
                 );
                 rsp
             }
+            (&Method::GET, "/identity") => match &self.identity {
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no identity: identity is off (MESH_PROXY_IDENTITY is not set)\n",
+                ),
+                Some(creds) => match crate::identity::status(creds) {
+                    Ok(status) => {
+                        let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
+                        let mut rsp = text(StatusCode::OK, body);
+                        rsp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        rsp
+                    }
+                    Err(why) => text(StatusCode::NOT_FOUND, format!("{why}\n")),
+                },
+            },
             (&Method::GET, "/log-level") => match &self.log {
                 Some(log) => match log(None) {
                     Ok(f) => text(StatusCode::OK, format!("{f}\n")),
@@ -138,12 +163,14 @@ impl Admin {
                 self.shutdown_tx.send_replace(true);
                 text(StatusCode::OK, "shutting down\n")
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config" | "/log-level" | "/shutdown") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (
+                _,
+                "/live" | "/ready" | "/metrics" | "/config" | "/identity" | "/log-level"
+                | "/shutdown",
+            ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live /ready /metrics /config /log-level /shutdown\n",
+                "not found; try /live /ready /metrics /config /identity /log-level /shutdown\n",
             ),
         }
     }

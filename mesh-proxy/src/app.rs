@@ -198,6 +198,7 @@ pub async fn start(cfg: Config, log: Option<LogControl>) -> anyhow::Result<Runni
             dests,
             ready,
             log,
+            identity: identity.as_ref().map(|i| i.creds.clone()),
             shutdown_tx: shutdown_tx.clone(),
         }),
     ));

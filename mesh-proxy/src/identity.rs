@@ -10,11 +10,13 @@
 //! proxy when the controller signs with another issuer (trust-anchor rotation): the proxy
 //! then renews at once, after a random delay of at most the jitter the controller names.
 //! On the same stream the proxy reports the bundle it holds and the issuer of its leaf.
+//! The admin endpoint `GET /identity` shows the certificate in use ([`status`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use mesh_core::identity::ProxyIdentityStatus;
 use mesh_core::Identity;
 use mesh_identity::leaf::LeafKey;
 use mesh_identity::tls::Credentials;
@@ -293,6 +295,34 @@ fn apply(
             renew.notify_one();
         });
     }
+}
+
+/// What the admin endpoint `GET /identity` shows: the certificate in use now. `Err` says
+/// why there is none (the text of the 404).
+pub fn status(creds: &Credentials) -> Result<ProxyIdentityStatus, String> {
+    let Some(certified) = creds.certified() else {
+        return Err(format!(
+            "no identity: the controller has not issued a certificate for {} yet (see the proxy's log and mesh_proxy_identity_certificate_requests_total)",
+            creds.identity()
+        ));
+    };
+    let Some(leaf) = certified.cert.first() else {
+        return Err("no identity: the certificate in use has an empty chain".into());
+    };
+    let not_after = mesh_identity::leaf::not_after(leaf)
+        .map_err(|e| format!("no identity: the certificate in use cannot be read: {e}"))?;
+    let identity =
+        mesh_identity::leaf::identity_of(leaf).unwrap_or_else(|| creds.identity().clone());
+    Ok(ProxyIdentityStatus {
+        identity: identity.to_string(),
+        not_after: humantime::format_rfc3339_seconds(not_after).to_string(),
+        certificate_chain_pem: certified
+            .cert
+            .iter()
+            .map(mesh_identity::ca::cert_to_pem)
+            .collect(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 #[cfg(test)]

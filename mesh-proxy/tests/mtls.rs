@@ -526,6 +526,10 @@ async fn grpc_call(via: SocketAddr, authority: &str) -> (http::StatusCode, Optio
 async fn certificates_renew_without_dropping_requests() {
     let mut m = mesh(Duration::from_secs(2), ORDERS).await;
     let web = m.client(WEB, "ns:shop/workload:web").await;
+    let identity = |body: String| -> mesh_core::identity::ProxyIdentityStatus {
+        serde_json::from_str(&body).unwrap()
+    };
+    let before = identity(admin_get(web.admin_addr, "/identity").await.1);
     let c = h1_client();
     let start = std::time::Instant::now();
     let mut n = 0;
@@ -541,11 +545,26 @@ async fn certificates_renew_without_dropping_requests() {
         "mesh_proxy_identity_certificate_requests_total{result=\"ok\"}",
     );
     assert!(ok >= 3.0, "2 s certificates renewed only {ok} times in 6 s");
+    let after = identity(admin_get(web.admin_addr, "/identity").await.1);
+    assert_ne!(
+        before.certificate_chain_pem, after.certificate_chain_pem,
+        "/identity shows the renewed certificate"
+    );
+    assert!(
+        humantime::parse_rfc3339(&after.not_after).unwrap()
+            > humantime::parse_rfc3339(&before.not_after).unwrap()
+    );
     assert!(m.ctrl.certified.load(Ordering::Relaxed) >= 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_waits_for_the_first_certificate_and_a_bad_token_gets_none() {
+    // Without identity, /identity says so.
+    let plain = start_proxy(raw_config()).await;
+    let (status, body) = admin_get(plain.admin_addr, "/identity").await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    assert!(body.starts_with("no identity: identity is off"), "{body}");
+
     let ctrl = Arc::new(FakeController::default());
     let process = start_controller(ctrl.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +582,15 @@ async fn ready_waits_for_the_first_certificate_and_a_bad_token_gets_none() {
         http::StatusCode::SERVICE_UNAVAILABLE,
         "no CA yet"
     );
-    *ctrl.ca.lock().unwrap() = Some(TestCa::new(Duration::from_secs(600)));
+    let (status, body) = admin_get(proxy.admin_addr, "/identity").await;
+    assert_eq!(status, http::StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body.starts_with("no identity: the controller has not issued"),
+        "{body}"
+    );
+    assert!(body.contains(WEB), "{body}");
+    let ca = TestCa::new(Duration::from_secs(600));
+    *ctrl.ca.lock().unwrap() = Some(ca.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         admin_get(proxy.admin_addr, "/ready").await.0,
@@ -574,4 +601,36 @@ async fn ready_waits_for_the_first_certificate_and_a_bad_token_gets_none() {
     // The token file is re-read: the right token brings the first certificate.
     std::fs::write(&token, token_for(WEB)).unwrap();
     wait_ready(proxy.admin_addr).await;
+
+    // /identity shows it: the leaf for the proxy's identity, then the issuer.
+    let (status, body) = admin_get(proxy.admin_addr, "/identity").await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    let id: mesh_core::identity::ProxyIdentityStatus = serde_json::from_str(&body).unwrap();
+    assert_eq!(id.identity, WEB);
+    assert_eq!(id.version, env!("CARGO_PKG_VERSION"));
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(id.certificate_chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert_eq!(chain.len(), 2, "{}", id.certificate_chain_pem);
+    assert_eq!(
+        mesh_identity::leaf::identity_of(&chain[0]).map(|i| i.to_string()),
+        Some(WEB.to_string())
+    );
+    assert_eq!(&chain[1], ca.issuer.cert_der());
+    let not_after = humantime::parse_rfc3339(&id.not_after).unwrap();
+    assert!(id.not_after.ends_with('Z'), "UTC: {}", id.not_after);
+    assert_eq!(
+        not_after,
+        mesh_identity::leaf::not_after(&chain[0]).unwrap(),
+        "not_after is the leaf's"
+    );
+    let left = not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(500) && left <= Duration::from_secs(600),
+        "a 600 s certificate: {left:?} left"
+    );
 }

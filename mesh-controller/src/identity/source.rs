@@ -16,17 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use mesh_identity::ca::{anchors_from_pem, Issuer};
 use mesh_identity::files::IdentityDir;
 use tokio::sync::watch;
 
 use super::rotation::Phase;
+use crate::named::{error_chain, watch_named, Named};
 
 /// How often the identity directory is read again.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -348,30 +346,22 @@ async fn run_secret(api: &Api<Secret>, namespace: &str, name: &str, tx: &watch::
             }
         }
     };
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher::watcher(api.clone(), config)
-        .default_backoff()
-        .boxed();
-    let mut seen = false;
-    while let Some(ev) = events.next().await {
-        match ev {
-            Ok(Event::Init) => seen = false,
-            Ok(Event::InitApply(s)) | Ok(Event::Apply(s)) => {
-                seen = true;
-                apply(&s);
-            }
-            Ok(Event::InitDone) if !seen => {
-                tracing::info!("{missing}; identity is off until it appears");
-                publish(tx, State::Missing(missing.clone()));
-            }
-            Ok(Event::InitDone) => {}
-            Ok(Event::Delete(_)) => {
-                tracing::warn!("{missing} (deleted); identity is off until it is back");
-                publish(tx, State::Missing(missing.clone()));
-            }
-            Err(e) => tracing::warn!("watching the identity Secret {namespace}/{name}: {e}"),
+    watch_named(api.clone(), name, |ev| match ev {
+        Named::Present(s) => apply(&s),
+        Named::Missing { deleted: false } => {
+            tracing::info!("{missing}; identity is off until it appears");
+            publish(tx, State::Missing(missing.clone()));
         }
-    }
+        Named::Missing { deleted: true } => {
+            tracing::warn!("{missing} (deleted); identity is off until it is back");
+            publish(tx, State::Missing(missing.clone()));
+        }
+        Named::Failed(e) => tracing::warn!(
+            "watching the identity Secret {namespace}/{name}: {}",
+            error_chain(&e)
+        ),
+    })
+    .await;
 }
 
 #[cfg(test)]

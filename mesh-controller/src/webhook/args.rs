@@ -1,5 +1,6 @@
 //! The webhook's settings: where it listens, where its serving certificate is, and what
-//! the pods it injects look like (the same settings as `meshctl inject --manual`).
+//! the pods it injects look like (the same settings as `meshctl inject --manual`, and the
+//! ConfigMap that replaces them).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,10 +110,87 @@ pub struct InjectArgs {
         default_value = "info"
     )]
     pub inject_proxy_log_level: String,
+    /// CPU request of the injected proxies (a Kubernetes quantity). Pods and namespaces
+    /// override it with mesh.dev/proxy-cpu-request.
+    #[arg(
+        long,
+        help_heading = "Injection",
+        env = "MESH_CONTROLLER_INJECT_PROXY_CPU_REQUEST",
+        default_value = mesh_inject::settings::DEFAULT_CPU_REQUEST,
+        value_name = "QUANTITY",
+        value_parser = |s: &str| quantity(mesh_inject::settings::check_cpu, s, false)
+    )]
+    pub inject_proxy_cpu_request: String,
+    /// Memory request of the injected proxies. Pods and namespaces override it with
+    /// mesh.dev/proxy-memory-request.
+    #[arg(
+        long,
+        help_heading = "Injection",
+        env = "MESH_CONTROLLER_INJECT_PROXY_MEMORY_REQUEST",
+        default_value = mesh_inject::settings::DEFAULT_MEMORY_REQUEST,
+        value_name = "QUANTITY",
+        value_parser = |s: &str| quantity(mesh_inject::settings::check_memory, s, false)
+    )]
+    pub inject_proxy_memory_request: String,
+    /// CPU limit of the injected proxies (none by default; "" for none); it also sets their
+    /// worker threads. Pods and namespaces override it with mesh.dev/proxy-cpu-limit.
+    #[arg(
+        long,
+        help_heading = "Injection",
+        env = "MESH_CONTROLLER_INJECT_PROXY_CPU_LIMIT",
+        value_name = "QUANTITY",
+        value_parser = |s: &str| quantity(mesh_inject::settings::check_cpu, s, true)
+    )]
+    pub inject_proxy_cpu_limit: Option<String>,
+    /// Memory limit of the injected proxies (none by default; "" for none). Pods and
+    /// namespaces override it with mesh.dev/proxy-memory-limit.
+    #[arg(
+        long,
+        help_heading = "Injection",
+        env = "MESH_CONTROLLER_INJECT_PROXY_MEMORY_LIMIT",
+        value_name = "QUANTITY",
+        value_parser = |s: &str| quantity(mesh_inject::settings::check_memory, s, true)
+    )]
+    pub inject_proxy_memory_limit: Option<String>,
+    /// Kubernetes: the ConfigMap `namespace/name` (`meshctl install` writes
+    /// mesh-system/mesh-config) whose keys proxy-image, controller-addr, native-sidecar,
+    /// init-container, proxy-log-level and proxy-{cpu,memory}-{request,limit} replace the
+    /// --inject-* flags' values. Watched: a change applies to the next pods; a bad value
+    /// keeps the last good settings; while it does not exist the flags' values apply.
+    #[arg(
+        long,
+        help_heading = "Injection",
+        env = "MESH_CONTROLLER_INJECT_CONFIG",
+        value_name = "NAMESPACE/NAME",
+        value_parser = parse_config_ref
+    )]
+    pub inject_config: Option<SecretRef>,
+}
+
+/// A resource flag: a quantity (or, for a limit, `""` for none).
+fn quantity(
+    check: fn(&str) -> Result<(), &'static str>,
+    s: &str,
+    limit: bool,
+) -> Result<String, String> {
+    let v = s.trim();
+    if limit && v.is_empty() {
+        return Ok(String::new());
+    }
+    check(v)
+        .map(|()| v.to_string())
+        .map_err(|hint| format!("'{s}' is not valid; {hint}"))
+}
+
+/// `--inject-config`: `namespace/name`.
+fn parse_config_ref(s: &str) -> Result<SecretRef, String> {
+    parse_secret_ref(s)
+        .map_err(|_| format!("'{s}' is not namespace/name (e.g. mesh-system/mesh-config)"))
 }
 
 impl InjectArgs {
-    /// What injected pods look like; identities use the controller's trust domain.
+    /// What injected pods look like by the flags alone (the ConfigMap of `--inject-config`
+    /// goes over them); identities use the controller's trust domain.
     pub fn settings(&self, trust_domain: &str) -> mesh_inject::Settings {
         mesh_inject::Settings {
             proxy_image: self.inject_proxy_image.clone(),
@@ -121,6 +199,12 @@ impl InjectArgs {
             native_sidecar: self.inject_native_sidecar,
             init_container: self.inject_init_container,
             proxy_log_level: self.inject_proxy_log_level.clone(),
+            proxy_cpu_request: self.inject_proxy_cpu_request.clone(),
+            proxy_memory_request: self.inject_proxy_memory_request.clone(),
+            proxy_cpu_limit: mesh_inject::settings::none_if_empty(&self.inject_proxy_cpu_limit),
+            proxy_memory_limit: mesh_inject::settings::none_if_empty(
+                &self.inject_proxy_memory_limit,
+            ),
             ..mesh_inject::Settings::default()
         }
     }
@@ -136,6 +220,11 @@ impl Default for InjectArgs {
             inject_native_sidecar: s.native_sidecar,
             inject_init_container: s.init_container,
             inject_proxy_log_level: s.proxy_log_level,
+            inject_proxy_cpu_request: s.proxy_cpu_request,
+            inject_proxy_memory_request: s.proxy_memory_request,
+            inject_proxy_cpu_limit: s.proxy_cpu_limit,
+            inject_proxy_memory_limit: s.proxy_memory_limit,
+            inject_config: None,
         }
     }
 }
@@ -182,6 +271,47 @@ mod tests {
         );
         let e = parse_webhook_addr("9443").unwrap_err();
         assert!(e.contains("IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn resource_flags_are_checked_and_the_config_map_is_named() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            inject: InjectArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--inject-config",
+            "mesh-system/mesh-config",
+            "--inject-proxy-memory-limit",
+            "256Mi",
+            "--inject-proxy-cpu-limit",
+            "",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.inject
+                .inject_config
+                .as_ref()
+                .map(|c| c.to_string())
+                .as_deref(),
+            Some("mesh-system/mesh-config")
+        );
+        let s = cli.inject.settings("cluster.local");
+        assert_eq!(s.proxy_memory_limit.as_deref(), Some("256Mi"));
+        assert_eq!(s.proxy_cpu_limit, None);
+        for bad in [
+            ["--inject-proxy-cpu-request", "lots"],
+            ["--inject-config", "mesh-config"],
+        ] {
+            let e = Cli::try_parse_from(["x", bad[0], bad[1]])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("e.g.") || e.contains("such as"), "{e}");
+        }
     }
 
     #[test]

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Api;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -19,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::args::SecretRef;
+use crate::named::{error_chain, watch_named, Named};
 
 /// How often certificate files are re-read.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -182,22 +180,15 @@ async fn watch_secret(api: &Api<Secret>, name: &SecretRef, what: &str, store: &C
         "Secret {name} does not exist; create a kubernetes.io/tls Secret with tls.crt and tls.key, for the DNS name of the controller's Service (e.g. mesh-controller.{}.svc), or set --webhook-addr off (see docs/controller.md, Admission webhook)",
         name.namespace
     );
-    let config = watcher::Config::default().fields(&format!("metadata.name={}", name.name));
-    let mut events = watcher::watcher(api.clone(), config)
-        .default_backoff()
-        .boxed();
-    let mut seen = false;
-    while let Some(ev) = events.next().await {
-        match ev {
-            Ok(Event::Init) => seen = false,
-            Ok(Event::InitApply(s)) | Ok(Event::Apply(s)) => {
-                seen = true;
-                apply(store, what, secret_pems(&s, name));
-            }
-            Ok(Event::InitDone) if !seen => apply(store, what, Err(missing.clone())),
-            Ok(Event::InitDone) => {}
-            Ok(Event::Delete(_)) => apply(store, what, Err(format!("{missing} (it was deleted)"))),
-            Err(e) => tracing::warn!(source = %what, "watching the webhook's Secret: {e}"),
+    watch_named(api.clone(), &name.name, |ev| match ev {
+        Named::Present(s) => apply(store, what, secret_pems(&s, name)),
+        Named::Missing { deleted: false } => apply(store, what, Err(missing.clone())),
+        Named::Missing { deleted: true } => {
+            apply(store, what, Err(format!("{missing} (it was deleted)")))
         }
-    }
+        Named::Failed(e) => {
+            tracing::warn!(source = %what, "watching the webhook's Secret: {}", error_chain(&e))
+        }
+    })
+    .await;
 }

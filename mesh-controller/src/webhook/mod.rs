@@ -1,10 +1,12 @@
 //! The mutating admission webhook: an HTTPS listener that answers the API server's
 //! AdmissionReviews for pod creations with the JSON patch that adds the mesh proxy, computed
-//! by the same library as `meshctl inject --manual`. User documentation:
-//! `docs/controller.md` (Admission webhook) and `docs/inject.md`.
+//! by the same library as `meshctl inject --manual`, with the injection defaults of the
+//! flags or of the watched ConfigMap. User documentation: `docs/controller.md` (Admission
+//! webhook) and `docs/inject.md`.
 
 pub mod args;
 pub mod cert;
+pub mod config;
 pub mod review;
 
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use crate::metrics::Metrics;
 
 pub use args::WebhookArgs;
 use cert::{CertSource, CertStore};
+use config::InjectDefaults;
 use review::Webhook;
 
 /// Open connections at most: the API server keeps a few; each may buffer one body of up to
@@ -48,18 +51,21 @@ pub struct WebhookStatus {
     addr: SocketAddr,
     source: String,
     store: Arc<CertStore>,
+    defaults: Arc<InjectDefaults>,
 }
 
 impl WebhookStatus {
-    /// `{"addr", "certificateSource", "serving", "problem"}`: `serving` is false until a
-    /// valid certificate was read; `problem` says why the source's latest content is not in
-    /// use (missing, unreadable, key not matching).
+    /// `{"addr", "certificateSource", "serving", "problem", "injection"}`: `serving` is
+    /// false until a valid certificate was read; `problem` says why the source's latest
+    /// content is not in use (missing, unreadable, key not matching); `injection` is
+    /// [`InjectDefaults::status_json`] (which settings the next pods get, and why).
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::json!({
             "addr": self.addr.to_string(),
             "certificateSource": self.source,
             "serving": self.store.is_ready(),
             "problem": self.store.problem(),
+            "injection": self.defaults.status_json(),
         })
     }
 }
@@ -75,6 +81,32 @@ pub async fn start(
     let w = &args.webhook;
     let Some(addr) = w.webhook_addr.0 else {
         return Ok(None);
+    };
+    let flags = w.inject.settings(&args.trust_domain);
+    if let Err(e) = flags.validate() {
+        let each: Vec<String> =
+            e.0.iter()
+                .map(|e| {
+                    format!(
+                        "--inject-{} (MESH_CONTROLLER_INJECT_{}): '{}' is not valid; {}",
+                        e.key,
+                        e.key.to_ascii_uppercase().replace('-', "_"),
+                        e.value,
+                        e.hint
+                    )
+                })
+                .collect();
+        anyhow::bail!("{}", each.join("; "));
+    }
+    let config_maps = match (&w.inject.inject_config, &client) {
+        (None, _) => None,
+        (Some(cm), Some(client)) => Some(kube::Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+            client.clone(),
+            &cm.namespace,
+        )),
+        (Some(cm), None) => anyhow::bail!(
+            "--inject-config {cm} names a Kubernetes ConfigMap, and local mode has no Kubernetes API; unset it (MESH_CONTROLLER_INJECT_CONFIG) and use the --inject-* flags"
+        ),
     };
     let source = match (&w.webhook_cert_file, &w.webhook_key_file, client) {
         (Some(cert), Some(key), _) => CertSource::Files {
@@ -102,21 +134,31 @@ pub async fn start(
     .with_no_client_auth()
     .with_cert_resolver(store.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let defaults = Arc::new(InjectDefaults::new(flags, w.inject.inject_config.clone()));
     let hook = Arc::new(Webhook {
         index,
-        settings: w.inject.settings(&args.trust_domain),
+        defaults: defaults.clone(),
         metrics,
     });
     let status = WebhookStatus {
         addr: bound,
         source: source.describe(),
         store: store.clone(),
+        defaults: defaults.clone(),
     };
-    tracing::info!(addr = %bound, certificate = %status.source, "admission webhook listening");
-    let tasks = vec![
+    let injection = w
+        .inject
+        .inject_config
+        .as_ref()
+        .map_or_else(|| "flags".to_string(), |c| format!("ConfigMap {c}"));
+    tracing::info!(addr = %bound, certificate = %status.source, injection_defaults = %injection, "admission webhook listening");
+    let mut tasks = vec![
         tokio::spawn(source.watch(store)),
         tokio::spawn(serve(listener, TlsAcceptor::from(Arc::new(cfg)), hook)),
     ];
+    if let Some(api) = config_maps {
+        tasks.push(tokio::spawn(defaults.watch(api)));
+    }
     Ok(Some(Started {
         addr: bound,
         status,

@@ -1,7 +1,7 @@
 //! Answering one AdmissionReview: the HTTP checks (path, method, content type, a hard body
-//! limit), the decoding, and the pod's injection through `mesh_inject::admit_pod`. Nothing
-//! here blocks a pod: what cannot be injected is admitted unchanged, with a warning that
-//! names the problem.
+//! limit), the decoding, and the pod's injection through `mesh_inject::admit_pod` with the
+//! settings in force at that moment ([`InjectDefaults`]). Nothing here blocks a pod: what
+//! cannot be injected is admitted unchanged, with a warning that names the problem.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
 
+use super::config::{InjectDefaults, FIRST_READ_WAIT};
 use crate::index::Index;
 use crate::metrics::{Metrics, OutcomeLabel};
 
@@ -28,7 +29,8 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 /// The injector behind the webhook's listener.
 pub struct Webhook {
     pub index: Arc<Index>,
-    pub settings: mesh_inject::Settings,
+    /// The injection settings, replaced live when the ConfigMap changes.
+    pub defaults: Arc<InjectDefaults>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -155,6 +157,9 @@ impl Webhook {
                 )
             }
         };
+        // Right after the controller starts, give the ConfigMap a moment to be read, so
+        // that the first pods do not get the flags' settings by accident.
+        self.defaults.wait_first_read(FIRST_READ_WAIT).await;
         let (outcome, response) = self.review(&request);
         let body = match encode(response) {
             Ok(b) => b,
@@ -238,7 +243,8 @@ impl Webhook {
             .or_else(|| obj.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
             .unwrap_or_default();
         let ns_annotations = self.index.namespace_annotations(&namespace);
-        match mesh_inject::admit_pod(&pod, &ns_annotations, &self.settings) {
+        let settings = self.defaults.current();
+        match mesh_inject::admit_pod(&pod, &ns_annotations, &settings) {
             Ok(mesh_inject::Admission::Patch(patch)) => match rsp.clone().with_patch(patch) {
                 Ok(r) => {
                     tracing::debug!(%namespace, pod = %name, "injected");
