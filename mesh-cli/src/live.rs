@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use mesh_inject::{Context, Doc, Outcome, Report};
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::cluster::{self, Cluster};
 use crate::error::{self, Problem};
 use crate::manifests::{string_map, transform};
 use crate::summary::{self, Operation};
@@ -43,23 +43,10 @@ const ATTEMPTS: usize = 5;
 
 /// Runs against the cluster; returns the process exit code.
 pub fn run(live: LiveRun) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the I/O runtime: {e}");
-            return 1;
-        }
+    let Some(runtime) = crate::cluster::runtime() else {
+        return 1;
     };
     runtime.block_on(run_async(live))
-}
-
-/// A connected client and where it points.
-struct Cluster {
-    client: kube::Client,
-    url: String,
 }
 
 /// One object read from the cluster.
@@ -88,15 +75,14 @@ fn subject(kind: &LiveKind, namespace: &str, name: &str) -> String {
 }
 
 async fn run_async(live: LiveRun) -> u8 {
-    // kube's rustls client config uses the process default provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let (cluster, default_namespace) = match connect(&live).await {
-        Ok(c) => c,
-        Err(p) => {
-            error::print_all(&[p]);
-            return 1;
-        }
-    };
+    let (cluster, default_namespace) =
+        match cluster::connect(live.kubeconfig.as_deref(), live.context.as_deref()).await {
+            Ok(c) => c,
+            Err(p) => {
+                error::print_all(&[p]);
+                return 1;
+            }
+        };
     let namespace = live.namespace.clone().unwrap_or(default_namespace);
     if !target::is_name(&namespace) {
         eprintln!(
@@ -226,56 +212,6 @@ async fn run_async(live: LiveRun) -> u8 {
     } else {
         1
     }
-}
-
-async fn connect(live: &LiveRun) -> Result<(Cluster, String), Problem> {
-    let options = KubeConfigOptions {
-        context: live.context.clone(),
-        ..KubeConfigOptions::default()
-    };
-    let config = match (&live.kubeconfig, &live.context) {
-        (Some(path), _) => {
-            let subject = path.display().to_string();
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| {
-                Problem::input(
-                    &subject,
-                    format!("is not a usable kubeconfig: {e}; check the --kubeconfig path"),
-                )
-            })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| {
-                    Problem::input(
-                        &subject,
-                        format!("is not a usable kubeconfig: {e}; check the file and --context"),
-                    )
-                })?
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options).await.map_err(|e| {
-            Problem::input(
-                "kubeconfig",
-                format!("{e}; check KUBECONFIG (or ~/.kube/config) and --context"),
-            )
-        })?,
-        (None, None) => kube::Config::infer().await.map_err(|e| {
-            Problem::input(
-                "kubeconfig",
-                format!(
-                    "no cluster to talk to: {e}; give --kubeconfig, set KUBECONFIG, or write \
-                     ~/.kube/config"
-                ),
-            )
-        })?,
-    };
-    let url = config.cluster_url.to_string();
-    let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config).map_err(|e| {
-        Problem::input(
-            &url,
-            format!("cannot make a client for this cluster: {e}; check the kubeconfig"),
-        )
-    })?;
-    Ok((Cluster { client, url }, namespace))
 }
 
 /// Why an object is left alone, if it is: it is managed by another object (a ReplicaSet of

@@ -1,15 +1,24 @@
-//! `meshctl`: the operator CLI. `meshctl inject` and `meshctl uninject` add and remove the
-//! mesh proxy, in manifests (files, directories, stdin) or in live workloads; the pod
-//! changes themselves come from `mesh_inject`, shared with the controller's webhook.
+//! `meshctl`: the operator CLI. `install`, `upgrade` and `uninstall` put the mesh on a
+//! cluster (objects from `mesh_manifests`, shared with the Helm chart), `check` diagnoses,
+//! `inject` and `uninject` add and remove the proxy in manifests or live workloads (the pod
+//! changes come from `mesh_inject`, shared with the controller's webhook).
 
+mod apply;
 mod args;
+mod check;
+mod cluster;
 mod documents;
 mod error;
 mod input;
+mod install;
+mod kinds;
 mod live;
 mod manifests;
+mod progress;
 mod summary;
 mod target;
+mod uninstall;
+mod version;
 
 use std::process::ExitCode;
 
@@ -67,6 +76,12 @@ fn main() -> ExitCode {
             )
         }
         Command::Uninject(a) => (Operation::Uninject, a.inputs, a.common, Settings::default()),
+        Command::Install(a) => return ExitCode::from(install::install(a)),
+        Command::Upgrade(a) => return ExitCode::from(install::upgrade(a)),
+        Command::Uninstall(a) => return ExitCode::from(uninstall::run(a)),
+        Command::Check(a) => return ExitCode::from(check::run(a)),
+        Command::Version(a) => return ExitCode::from(version::run(a)),
+        Command::Completion(a) => return ExitCode::from(version::completion(a)),
     };
     ExitCode::from(dispatch(op, inputs, common, settings))
 }

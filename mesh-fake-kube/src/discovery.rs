@@ -31,12 +31,16 @@ const VERBS: [&str; 8] = [
 ];
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
-/// `/version`: reports Kubernetes 1.32, the oldest version the mesh supports.
-pub(crate) fn version() -> Value {
+/// The Kubernetes version `/version` reports unless a test sets another
+/// ([`crate::FakeApiServer::set_server_version`]): 1.32, the oldest the mesh supports.
+pub(crate) const DEFAULT_VERSION: (u32, u32) = (1, 32);
+
+/// `/version`: reports Kubernetes `major.minor` (`gitVersion` `v{major}.{minor}.0-fake`).
+pub(crate) fn version(major: u32, minor: u32) -> Value {
     json!({
-        "major": "1",
-        "minor": "32",
-        "gitVersion": "v1.32.0-fake",
+        "major": major.to_string(),
+        "minor": minor.to_string(),
+        "gitVersion": format!("v{major}.{minor}.0-fake"),
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2025-01-01T00:00:00Z",

@@ -21,13 +21,16 @@
 //!
 //! # What it serves
 //!
-//! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{group}`,
+//! - Discovery: `/version` (Kubernetes 1.32 unless [`FakeApiServer::set_server_version`]
+//!   says otherwise), `/api`, `/api/v1`, `/apis`, `/apis/{group}`,
 //!   `/apis/{group}/{version}`, and aggregated discovery (`apidiscovery.k8s.io/v2`) at `/api`
 //!   and `/apis` when asked for by `Accept`. kube-rs `Discovery::run`,
 //!   `Discovery::run_aggregated` and `discovery::pinned_kind` work.
 //! - Kinds: core `v1` namespaces, nodes, services, pods, serviceaccounts, endpoints,
 //!   configmaps, secrets, events; `apps/v1` deployments, replicasets, statefulsets,
 //!   daemonsets; `discovery.k8s.io/v1` endpointslices; `coordination.k8s.io/v1` leases;
+//!   `rbac.authorization.k8s.io/v1` cluster roles, cluster role bindings, roles and role
+//!   bindings; `policy/v1` pod disruption budgets;
 //!   `events.k8s.io/v1` events;
 //!   `apiextensions.k8s.io/v1` customresourcedefinitions; `admissionregistration.k8s.io/v1`
 //!   mutating and validating webhook configurations; and, as CRD objects present from the
@@ -69,6 +72,15 @@
 //!   whose ServiceAccount was deleted gets `status.authenticated: false` and an `error`;
 //!   otherwise `status.user` (`system:serviceaccount:<ns>:<sa>`, the ServiceAccount's uid,
 //!   its groups) and `status.audiences`.
+//! - Access reviews: `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` answers
+//!   `status.allowed: true` for everything, except what a test denied with
+//!   [`FakeApiServer::deny_access`] (verb, group, resource; `*` matches any); non-resource
+//!   attributes are always allowed. Not listed in discovery.
+//! - Pod proxy: `GET /api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/{path}` (also
+//!   `{name}` for port 80 and `http:{name}:{port}`) forwards over plain HTTP/1.1 to the
+//!   address registered with [`FakeApiServer::route_pod_port`] and returns its status,
+//!   `Content-Type` and body; 404 when the Pod does not exist, 503 `ServiceUnavailable` when
+//!   the port has no route or its address does not answer within 5 s. GET only.
 //! - A little kind-specific behaviour: Services get a cluster IP from `10.96.0.0/12`,
 //!   `type: ClusterIP` and port `protocol`/`targetPort` defaults, and keep their cluster IP on
 //!   update; Namespaces get the `kubernetes.io/metadata.name` label and phase `Active`; Pods
@@ -91,7 +103,7 @@
 //! a test is a bug here, not a behaviour to rely on. Known differences:
 //!
 //! - No authentication or authorization: any token (or none) is accepted on requests; no
-//!   RBAC, no 403s. Tokens from TokenRequest are opaque random strings, not signed JWTs,
+//!   RBAC, no 403s (access reviews answer from [`FakeApiServer::deny_access`] only). Tokens from TokenRequest are opaque random strings, not signed JWTs,
 //!   and are not bound to Pods or Secrets (no `boundObjectRef`); `tokenreviews` and the
 //!   `token` subresource are not listed in discovery.
 //! - No TLS and no protobuf: plain HTTP/1.1 (and h2c) with JSON (YAML accepted on writes).
@@ -121,8 +133,9 @@
 //! - Field selectors: `metadata.name` and `metadata.namespace` for every kind, plus a few
 //!   per-kind fields of Pods, Secrets, Events, Namespaces and Nodes; CRD `selectableFields`
 //!   are not supported.
-//! - No `scale`, `eviction`, `log`, `exec`, `attach`, `portforward`, `proxy`, `binding`,
-//!   `approval` or `finalize` subresources; no Table output (`as=Table`), but
+//! - No `scale`, `eviction`, `log`, `exec`, `attach`, `portforward`, `binding`,
+//!   `approval` or `finalize` subresources, and `proxy` only for Pods (above; no Service or
+//!   Node proxy); no Table output (`as=Table`), but
 //!   `as=PartialObjectMetadata` (kube-rs `metadata_watcher`) is supported.
 //! - Core `v1` Events and `events.k8s.io/v1` Events are stored separately (a real server
 //!   serves one set of objects under both).
@@ -133,11 +146,13 @@
 //!   minute, and the one right after a watch's replay is sent even without
 //!   `sendInitialEvents`.
 
+mod access;
 mod defaults;
 mod discovery;
 mod error;
 mod kubeconfig;
 mod patch;
+mod podproxy;
 mod resources;
 mod selector;
 mod server;
@@ -395,6 +410,35 @@ impl FakeApiServer {
             .tokens()
             .issue(namespace, service_account, uid, audiences, ttl)
             .0
+    }
+
+    /// Makes `/version` report Kubernetes `major.minor` (default 1.32).
+    pub fn set_server_version(&self, major: u32, minor: u32) {
+        *self.shared.server_version() = (major, minor);
+    }
+
+    /// Makes SelfSubjectAccessReviews for `verb` on `resource` of API `group` (`""` for the
+    /// core group; `resource` is the plural, or `plural/subresource`) answer "not allowed".
+    /// `*` in any argument matches every value. Requests themselves are still served: only
+    /// the reviews are affected.
+    pub fn deny_access(&self, verb: &str, group: &str, resource: &str) {
+        self.shared.access().deny(verb, group, resource);
+    }
+
+    /// Undoes every [`FakeApiServer::deny_access`].
+    pub fn allow_all_access(&self) {
+        self.shared.access().allow_all();
+    }
+
+    /// Routes the pod proxy subresource for port `port` of Pod `namespace/pod` to `addr`
+    /// (a plain HTTP/1.1 server the test runs, e.g. a fake proxy admin endpoint).
+    pub fn route_pod_port(&self, namespace: &str, pod: &str, port: u16, addr: SocketAddr) {
+        self.shared.pod_routes().insert(namespace, pod, port, addr);
+    }
+
+    /// Removes a route set with [`FakeApiServer::route_pod_port`] (the port then gets 503).
+    pub fn unroute_pod_port(&self, namespace: &str, pod: &str, port: u16) {
+        self.shared.pod_routes().remove(namespace, pod, port);
     }
 
     /// The latest resourceVersion.

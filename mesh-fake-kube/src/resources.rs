@@ -266,6 +266,36 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         apps("DaemonSet", "daemonsets").with_short_names(&["ds"]),
         ResourceType::new("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
         ResourceType::new("coordination.k8s.io", "v1", "Lease", "leases"),
+        // What `meshctl install` writes: RBAC and the controller's PodDisruptionBudget.
+        ResourceType::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+        )
+        .cluster_scoped(),
+        ResourceType::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+        )
+        .cluster_scoped(),
+        ResourceType::new("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+        ResourceType::new(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
+        ResourceType::new(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+        )
+        .with_status()
+        .with_short_names(&["pdb"]),
         // kube-runtime's event `Recorder` writes these.
         ResourceType::new("events.k8s.io", "v1", "Event", "events").with_short_names(&["ev"]),
         ResourceType::new(

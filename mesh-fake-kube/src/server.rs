@@ -16,9 +16,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::Access;
 use crate::discovery;
 use crate::error::ApiError;
 use crate::patch::{self, PatchType};
+use crate::podproxy::{self, PodRoutes};
 use crate::resources::{Registry, ResourceType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{ListOptions, Preconditions, Store, Target, WatchFrom};
@@ -40,6 +42,12 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     requests: Mutex<Vec<String>>,
     tokens: Mutex<Tokens>,
+    /// What SelfSubjectAccessReviews deny.
+    access: Mutex<Access>,
+    /// Where the pod proxy subresource forwards to.
+    pod_routes: Mutex<PodRoutes>,
+    /// The Kubernetes version `/version` reports (major, minor).
+    server_version: Mutex<(u32, u32)>,
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK.
     pub(crate) bookmark_interval: Duration,
     /// Where the server listens.
@@ -52,6 +60,9 @@ impl Shared {
             store: Mutex::new(Store::new()),
             requests: Mutex::new(Vec::new()),
             tokens: Mutex::new(Tokens::default()),
+            access: Mutex::new(Access::default()),
+            pod_routes: Mutex::new(PodRoutes::default()),
+            server_version: Mutex::new(discovery::DEFAULT_VERSION),
             bookmark_interval,
             addr,
         }
@@ -66,6 +77,25 @@ impl Shared {
     /// The service-account tokens issued so far.
     pub(crate) fn tokens(&self) -> MutexGuard<'_, Tokens> {
         self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What SelfSubjectAccessReviews deny.
+    pub(crate) fn access(&self) -> MutexGuard<'_, Access> {
+        self.access.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pod proxy's routes.
+    pub(crate) fn pod_routes(&self) -> MutexGuard<'_, PodRoutes> {
+        self.pod_routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The Kubernetes version `/version` reports (major, minor).
+    pub(crate) fn server_version(&self) -> MutexGuard<'_, (u32, u32)> {
+        self.server_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The request log.
@@ -216,7 +246,10 @@ async fn dispatch(
             .ok_or_else(ApiError::no_such_path)
     };
     match segs.as_slice() {
-        ["version"] => discovery_get(Some(discovery::version())),
+        ["version"] => {
+            let (major, minor) = *shared.server_version();
+            discovery_get(Some(discovery::version(major, minor)))
+        }
         ["healthz" | "livez" | "readyz"] => Ok(text_response(StatusCode::OK, "ok")),
         ["api"] if aggregated => {
             let doc = discovery::aggregated(shared.lock().registry(), true);
@@ -251,6 +284,19 @@ async fn dispatch(
             }
             token_review(shared, call).await
         }
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
+            if call.method != Method::POST {
+                return Err(ApiError::method_not_allowed(call.method.as_str()));
+            }
+            let (bytes, content_type) = call.body().await?;
+            let review = shared
+                .access()
+                .review(&parse_body(&content_type, &bytes)?)?;
+            Ok(json_response(StatusCode::CREATED, &review))
+        }
+        ["api", "v1", "namespaces", ns, "pods", target, "proxy", path @ ..] => {
+            pod_proxy(shared, ns, target, path, &parts.uri, &call.method).await
+        }
         ["api", version, rest @ ..] => {
             let target = resolve(shared.lock().registry(), "", version, rest)?;
             resource(shared, shutdown, target, call).await
@@ -261,6 +307,38 @@ async fn dispatch(
         }
         _ => Err(ApiError::no_such_path()),
     }
+}
+
+/// `GET /api/v1/namespaces/{ns}/pods/{target}/proxy/{path}`: forwarded to the route a test
+/// registered for the pod's port (see [`crate::podproxy`]).
+async fn pod_proxy(
+    shared: &Arc<Shared>,
+    ns: &str,
+    target: &str,
+    path: &[&str],
+    uri: &http::Uri,
+    method: &Method,
+) -> Result<Response<Body>, ApiError> {
+    let (pod, port) = podproxy::parse_target(target)?;
+    {
+        let store = shared.lock();
+        let rt = store
+            .registry()
+            .lookup("", "v1", "pods")
+            .cloned()
+            .ok_or_else(ApiError::no_such_path)?;
+        store.get(&rt, Some(ns), &pod)?;
+    }
+    let addr = shared.pod_routes().get(ns, &pod, port);
+    let mut forwarded = format!("/{}", path.join("/"));
+    if uri.path().ends_with('/') && !forwarded.ends_with('/') {
+        forwarded.push('/');
+    }
+    if let Some(q) = uri.query() {
+        forwarded.push('?');
+        forwarded.push_str(q);
+    }
+    podproxy::forward(method, addr, &pod, port, &forwarded).await
 }
 
 /// The uid of ServiceAccount `ns/sa`, or `None` if it does not exist.
