@@ -2,7 +2,8 @@
 //! labels and phase, Service cluster IPs and port defaults, Pod phase, Secret `stringData`,
 //! and CustomResourceDefinition validation and status.
 //!
-//! Everything else is stored as sent: there is no general defaulting or validation.
+//! Everything else is stored as sent: there is no general defaulting (validation is in
+//! `validation`).
 
 use serde_json::{json, Map, Value};
 
@@ -88,7 +89,7 @@ pub(crate) fn on_create(
             obj.entry("type").or_insert(json!("Opaque"));
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            crd_status(rt, obj)?;
+            crd_status(rt, obj, None)?;
         }
         _ => {}
     }
@@ -129,7 +130,7 @@ pub(crate) fn on_update(
             default_service_ports(object_mut(new, "spec"));
         }
         ("", "Secret") => secret_string_data(new),
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd_status(rt, new)?,
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd_status(rt, new, Some(old))?,
         _ => {}
     }
     Ok(())
@@ -161,7 +162,14 @@ fn secret_string_data(obj: &mut Map<String, Value>) {
 }
 
 /// Validates a CRD and sets the status a real server reports once it is established.
-fn crd_status(rt: &ResourceType, obj: &mut Map<String, Value>) -> Result<(), ApiError> {
+/// A CRD's status: its accepted names, stored versions and conditions. On update (`old`), a
+/// condition that keeps its status keeps its `lastTransitionTime`, as on a real server, so
+/// re-applying an unchanged CRD is a no-op.
+fn crd_status(
+    rt: &ResourceType,
+    obj: &mut Map<String, Value>,
+    old: Option<&Map<String, Value>>,
+) -> Result<(), ApiError> {
     let value = Value::Object(obj.clone());
     types_from_crd(&value).map_err(|e| ApiError::invalid(&rt.kind, &name_of(obj), e))?;
     let names = value.pointer("/spec/names").cloned().unwrap_or(json!({}));
@@ -186,7 +194,17 @@ fn crd_status(rt: &ResourceType, obj: &mut Map<String, Value>) -> Result<(), Api
         })
         .unwrap_or_default();
     let now = crate::util::now_rfc3339();
-    let condition = |ty: &str, reason: &str, message: &str| json!({"type": ty, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now});
+    let since = |ty: &str| {
+        old.and_then(|o| o.get("status"))
+            .and_then(|s| s.get("conditions"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == ty && c["status"] == "True")
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(now))
+    };
+    let condition = |ty: &str, reason: &str, message: &str| json!({"type": ty, "status": "True", "reason": reason, "message": message, "lastTransitionTime": since(ty)});
     obj.insert(
         "status".into(),
         json!({
@@ -271,6 +289,35 @@ mod tests {
         assert_eq!(s["data"]["k"], "aGVsbG8gd29ybGQ=");
         assert_eq!(s["type"], "Opaque");
         assert!(!s.contains_key("stringData"));
+    }
+
+    #[test]
+    fn an_unchanged_crd_keeps_its_condition_times() {
+        let rt = ResourceType::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        )
+        .cluster_scoped();
+        let crd = json!({
+            "metadata": {"name": "things.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                     "names": {"kind": "Thing", "plural": "things"},
+                     "versions": [{"name": "v1", "served": true, "storage": true}]},
+        });
+        let mut old = map(crd.clone());
+        on_create(&mut Allocator::default(), &rt, &mut old).unwrap();
+        // An old transition time, as if the CRD was created long ago.
+        old.get_mut("status").unwrap()["conditions"][1]["lastTransitionTime"] =
+            json!("2020-01-01T00:00:00Z");
+        let mut new = map(crd);
+        on_update(&rt, &old, &mut new).unwrap();
+        assert_eq!(
+            new["status"]["conditions"][1]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        assert_eq!(new["status"]["conditions"][1]["type"], "Established");
     }
 
     #[test]

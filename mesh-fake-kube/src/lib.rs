@@ -86,6 +86,31 @@
 //!   update; Namespaces get the `kubernetes.io/metadata.name` label and phase `Active`; Pods
 //!   start with phase `Pending`; Secret `stringData` is folded into `data`; CRDs are validated
 //!   (name, scope, versions, one storage version) and reported `Established`.
+//! - Validation as on a real server, on create, update, patch and apply (`dryRun=All` too):
+//!   a 422 `Invalid` Status worded as kube-apiserver's (`EndpointSlice.discovery.k8s.io
+//!   "web-abc" is invalid: endpoints[0].addresses[0]: Invalid value: "127.0.0.1": may not be
+//!   in the loopback range (127.0.0.0/8, ::1/128)`, several errors in brackets) with a
+//!   `details.causes[]` entry (`reason`, `message`, `field`) per error. It checks
+//!   - names: a DNS subdomain for every kind, an RFC 1123 label for Namespaces, an RFC 1035
+//!     label for Services, a path segment (no `/`, `%`, `.` or `..`) for RBAC kinds; a
+//!     `generateName` prefix and the name made from it;
+//!   - EndpointSlice addresses of type `IPv4`/`IPv6` (a valid address of that family) and
+//!     Endpoints `subsets[].addresses[].ip`/`notReadyAddresses[].ip`: not unspecified,
+//!     loopback (127.0.0.0/8, ::1), link-local (169.254.0.0/16, fe80::/10) or link-local
+//!     multicast (224.0.0.0/24, ff02::/10); an EndpointSlice's `addressType` and that each
+//!     endpoint has an address;
+//!   - custom resources of a CRD created through the API against its version's
+//!     `openAPIV3Schema`: `type`, `required`, `enum`, `pattern`, `minimum`/`maximum` (and
+//!     exclusive), `multipleOf`, `minLength`/`maxLength`, `minItems`/`maxItems`,
+//!     `minProperties`/`maxProperties`, `nullable`, `x-kubernetes-int-or-string`, in
+//!     kube-openapi's words (`spec.address in body should be at least 2 chars long`). Fields
+//!     the schema does not declare are pruned, not refused (kept under
+//!     `x-kubernetes-preserve-unknown-fields`), and a `null` for a field that is not
+//!     `nullable` is dropped, as for structural schemas. A `/status` write is checked (and
+//!     pruned) only in `.status`. On update, errors about values left as they were are
+//!     dropped (validation ratcheting, on by default since Kubernetes 1.30), so objects
+//!     stored under a looser schema ([`FakeApiServer::upsert_unvalidated`]) stay usable. The
+//!     Gateway API CRDs present from the start preserve unknown fields and check nothing.
 //!
 //! # Test hooks
 //!
@@ -95,7 +120,9 @@
 //! [`FakeApiServer::requests`] is the log of every request as `"METHOD path?query"`;
 //! [`FakeApiServer::open_watches`] counts connected watches; [`FakeApiServer::object`],
 //! [`FakeApiServer::objects`], [`FakeApiServer::upsert`] and [`FakeApiServer::remove`] read
-//! and write state without a client.
+//! and write state without a client; [`FakeApiServer::upsert_unvalidated`] stores an object
+//! whose content validation would refuse, as a real server keeps objects stored before their
+//! CRD's schema became stricter.
 //!
 //! # Limits
 //!
@@ -109,10 +136,15 @@
 //! - No TLS and no protobuf: plain HTTP/1.1 (and h2c) with JSON (YAML accepted on writes).
 //! - No admission: no webhooks are called (webhook configurations are only stored), no
 //!   admission plugins, no ValidatingAdmissionPolicy, no quota, no LimitRange.
-//! - No schema validation, pruning or defaulting from OpenAPI schemas, for CRDs or built-in
-//!   kinds: objects are stored as sent, apart from the kind-specific behaviour above. No CEL
-//!   validation rules. CRD conversion is always `None` (only `apiVersion` changes between
-//!   versions).
+//! - Validation covers only what is listed above. Built-in kinds are otherwise stored as
+//!   sent (no Pod, Service or Deployment field validation, no label or annotation syntax
+//!   checks). CRD schemas: no defaulting (`default` is ignored, and a `null` for a field with
+//!   a default is dropped rather than defaulted), `format` is never checked, no `allOf`/`anyOf`/
+//!   `oneOf`/`not`, no `x-kubernetes-list-type`/`-map-type` uniqueness, no CEL
+//!   (`x-kubernetes-validations`); ratcheting compares the value at each error's field
+//!   only; `metadata` is not checked against the schema, and the CRD's own schema is not
+//!   checked for being structural. EndpointSlice `FQDN` addresses are not checked.
+//!   CRD conversion is always `None` (only `apiVersion` changes between versions).
 //! - Server-side apply does not track field managers (`managedFields` is never set): an
 //!   apply merges the applied object over the live one (a JSON merge patch), so fields that a
 //!   manager stops applying are not removed, and there are no ownership conflicts; `force` is
@@ -159,6 +191,7 @@ mod server;
 mod store;
 mod tokens;
 mod util;
+mod validation;
 mod watch;
 
 use std::io;
@@ -372,6 +405,15 @@ impl FakeApiServer {
     /// `status`, if any, is written too. Watches see the change as from any other client.
     pub fn upsert(&self, object: Value) -> Result<Value, ApiError> {
         self.shared.lock().upsert(object)
+    }
+
+    /// [`FakeApiServer::upsert`] without the checks of the object's content (EndpointSlice
+    /// and Endpoints addresses, a custom resource's schema; unknown fields are not pruned);
+    /// its name is still checked. For objects a real server holds although its validation
+    /// would refuse them now: stored before their CRD's schema became stricter, or while
+    /// validation was off. Everything else should go through [`FakeApiServer::upsert`].
+    pub fn upsert_unvalidated(&self, object: Value) -> Result<Value, ApiError> {
+        self.shared.lock().upsert_unvalidated(object)
     }
 
     /// Deletes an object without a client (finalizers still delay the deletion).

@@ -325,7 +325,7 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
 }
 
 /// CustomResourceDefinition objects created at start-up: the standard-channel Gateway API
-/// kinds the mesh uses (without OpenAPI schemas, which the fake server does not check).
+/// kinds the mesh uses, with schemas that preserve unknown fields and check nothing.
 pub(crate) fn builtin_crds() -> Vec<Value> {
     let gw = "gateway.networking.k8s.io";
     [

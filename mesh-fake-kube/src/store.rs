@@ -19,6 +19,7 @@ use crate::resources::{
     builtin_crds, builtin_types, types_from_crd, Registry, ResKey, ResourceType,
 };
 use crate::util::{generate_name_suffix, new_uid, now_rfc3339};
+use crate::validation;
 use crate::watch::Filter;
 
 /// Namespaces every fresh server has, as on a real cluster.
@@ -108,6 +109,8 @@ pub(crate) struct Store {
     history: Vec<Arc<Change>>,
     watchers: Vec<Watcher>,
     alloc: Allocator,
+    /// Whether writes check the content of objects (see [`Store::upsert_unvalidated`]).
+    check_content: bool,
 }
 
 impl Store {
@@ -121,6 +124,7 @@ impl Store {
             history: Vec::new(),
             watchers: Vec::new(),
             alloc: Allocator::default(),
+            check_content: true,
         };
         for rt in builtin_types() {
             store.registry.register(rt, None);
@@ -267,6 +271,9 @@ impl Store {
             ));
         }
         let ns = resolve_namespace(rt, ns, &mut obj)?;
+        let generate_name = map_meta_str(&obj, "generateName")
+            .filter(|s| !s.is_empty())
+            .map(String::from);
         let meta = object_mut(&mut obj, "metadata");
         let name = match meta
             .get("name")
@@ -280,11 +287,11 @@ impl Store {
                     .and_then(Value::as_str)
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| {
-                        ApiError::invalid(
-                            &rt.kind,
-                            "",
-                            "metadata.name: Required value: name or generateName is required",
-                        )
+                        let missing = validation::FieldError::required(
+                            "metadata.name",
+                            "name or generateName is required",
+                        );
+                        validation::invalid(rt, "", &[missing])
                     })?;
                 let prefix: String = prefix.chars().take(58).collect();
                 let mut name = format!("{prefix}{}", generate_name_suffix());
@@ -294,7 +301,6 @@ impl Store {
                 name
             }
         };
-        validate_name(rt, &name)?;
         if let Some(ns) = &ns {
             if !self.namespace_exists(ns) {
                 return Err(ApiError::namespace_not_found(ns));
@@ -321,6 +327,11 @@ impl Store {
             obj.remove("status");
         }
         defaults::on_create(&mut self.alloc, rt, &mut obj)?;
+        let mut errors = validation::name_errors(rt, &name, generate_name.as_deref());
+        errors.extend(self.content_errors(rt, &mut obj, None));
+        if !errors.is_empty() {
+            return Err(validation::invalid(rt, &name, &errors));
+        }
         let obj = Value::Object(obj);
         if dry_run {
             return Ok(present(rt, &obj));
@@ -470,6 +481,8 @@ impl Store {
                 };
             }
             defaults::on_update(rt, &old, &mut new)?;
+            // Pruning comes first, so that a write of undeclared fields changes nothing.
+            self.refuse_invalid(rt, &existing, &mut new, target)?;
             if spec_changed(&old, &new, rt.status_subresource) {
                 let generation = old_meta
                     .get("generation")
@@ -478,6 +491,8 @@ impl Store {
                     + 1;
                 object_mut(&mut new, "metadata").insert("generation".into(), json!(generation));
             }
+        } else {
+            self.refuse_invalid(rt, &existing, &mut new, target)?;
         }
         let new = Value::Object(new);
         if new == existing {
@@ -665,6 +680,75 @@ impl Store {
         self.compacted = self.rv;
     }
 
+    /// What a real server's validation finds wrong with the content of `obj` (see
+    /// [`validation`]); a custom resource is pruned to its schema on the way. On update
+    /// (`old`), schema errors about values the update leaves alone are ratcheted.
+    fn content_errors(
+        &self,
+        rt: &ResourceType,
+        obj: &mut Map<String, Value>,
+        old: Option<&Value>,
+    ) -> Vec<validation::FieldError> {
+        if !self.check_content {
+            return Vec::new();
+        }
+        let mut errors = validation::builtin_errors(rt, obj);
+        if let Some(schema) = self.crd_schema(rt) {
+            let schema_errors = validation::schema_errors(schema, obj);
+            errors.extend(match old {
+                Some(old) => validation::ratchet(schema_errors, old, obj),
+                None => schema_errors,
+            });
+        }
+        errors
+    }
+
+    /// 422 if the updated `new` (of `existing`) breaks validation; a write to `/status` is
+    /// checked (and pruned) only in `.status`.
+    fn refuse_invalid(
+        &self,
+        rt: &ResourceType,
+        existing: &Value,
+        new: &mut Map<String, Value>,
+        target: Target,
+    ) -> Result<(), ApiError> {
+        let errors = match (target, self.crd_schema(rt)) {
+            (Target::Status, Some(schema)) if self.check_content => {
+                let errors = validation::status_errors(schema, new);
+                validation::ratchet(errors, existing, new)
+            }
+            (Target::Status, _) => Vec::new(),
+            (Target::Main, _) => self.content_errors(rt, new, Some(existing)),
+        };
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let name = meta_str(existing, "name").unwrap_or_default();
+            Err(validation::invalid(rt, &name, &errors))
+        }
+    }
+
+    /// The `openAPIV3Schema` of `rt`'s version in the CustomResourceDefinition that serves
+    /// it, if a CRD object does and has one.
+    fn crd_schema(&self, rt: &ResourceType) -> Option<&Value> {
+        if rt.group.is_empty() {
+            return None;
+        }
+        let key = ResKey {
+            group: "apiextensions.k8s.io".into(),
+            plural: "customresourcedefinitions".into(),
+        };
+        let crd_name = format!("{}.{}", rt.plural, rt.group);
+        self.objects
+            .get(&key)?
+            .get(&(String::new(), crd_name))?
+            .pointer("/spec/versions")?
+            .as_array()?
+            .iter()
+            .find(|v| v.get("name").and_then(Value::as_str) == Some(rt.version.as_str()))?
+            .pointer("/schema/openAPIV3Schema")
+    }
+
     fn namespace_exists(&self, ns: &str) -> bool {
         let key = ResKey {
             group: String::new(),
@@ -783,6 +867,14 @@ impl Store {
             }
             self.objects.remove(&key);
         }
+    }
+
+    /// [`Store::upsert`] without checking the object's content (its name still is).
+    pub(crate) fn upsert_unvalidated(&mut self, object: Value) -> Result<Value, ApiError> {
+        self.check_content = false;
+        let out = self.upsert(object);
+        self.check_content = true;
+        out
     }
 
     /// Creates or replaces an object given with its `apiVersion` and `kind` (Rust-side seeding).
@@ -970,33 +1062,6 @@ fn resolve_namespace(
             meta.insert("namespace".into(), json!(url_ns));
             Ok(Some(url_ns.to_string()))
         }
-    }
-}
-
-/// Names are DNS subdomains (DNS labels for namespaces and services), as on a real server.
-fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
-    let label_only = rt.group.is_empty() && matches!(rt.kind.as_str(), "Namespace" | "Service");
-    let max = if label_only { 63 } else { 253 };
-    let ok = !name.is_empty()
-        && name.len() <= max
-        && name.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label_only)
-        })
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        let what = if label_only {
-            "RFC 1123 label"
-        } else {
-            "RFC 1123 subdomain"
-        };
-        Err(ApiError::invalid(
-            &rt.kind,
-            name,
-            format!("metadata.name: Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
-        ))
     }
 }
 

@@ -10,4 +10,5 @@ mod patch;
 mod raw;
 mod selectors;
 mod tokens;
+mod validation;
 mod watcher;
