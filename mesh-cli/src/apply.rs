@@ -178,8 +178,14 @@ pub async fn wait_ready(
         loop {
             let missing = match i {
                 0 => crds_established(cluster, &crds).await?,
-                1 => deployment_available(cluster, namespace, "mesh-controller").await?,
-                _ => service_endpoint_ready(cluster, namespace, "mesh-controller").await?,
+                1 => {
+                    deployment_available(cluster, namespace, mesh_manifests::render::CONTROLLER)
+                        .await?
+                }
+                _ => {
+                    service_endpoint_ready(cluster, namespace, mesh_manifests::render::CONTROLLER)
+                        .await?
+                }
             };
             match missing {
                 None => {

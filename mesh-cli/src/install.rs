@@ -17,20 +17,6 @@ use crate::cluster::{self, Cluster};
 use crate::error::{self, Problem};
 use crate::kinds::Kind;
 
-/// Value paths of the certificates, and where an installation keeps them.
-const SECRET_KEYS: [(&str, &str, &str); 6] = [
-    (
-        "certificates.trustAnchorsPEM",
-        "mesh-identity",
-        "trust-anchors.pem",
-    ),
-    ("certificates.issuerCrtPEM", "mesh-identity", "issuer.crt"),
-    ("certificates.issuerKeyPEM", "mesh-identity", "issuer.key"),
-    ("certificates.webhookCrtPEM", "mesh-webhook-tls", "tls.crt"),
-    ("certificates.webhookKeyPEM", "mesh-webhook-tls", "tls.key"),
-    ("certificates.webhookCaPEM", "mesh-webhook-tls", "ca.crt"),
-];
-
 /// Runs on a current-thread runtime; returns the exit code.
 fn block_on(fut: impl std::future::Future<Output = Result<(), Vec<Problem>>>) -> u8 {
     let Some(runtime) = crate::cluster::runtime() else {
@@ -106,20 +92,23 @@ async fn keep_installed_certificates(
             )]
         })?;
     let mut found_identity = false;
-    for secret in ["mesh-identity", "mesh-webhook-tls"] {
+    for secret in [
+        mesh_manifests::render::IDENTITY_SECRET,
+        mesh_manifests::render::WEBHOOK_SECRET,
+    ] {
         let Some(obj) = apply::get(cluster, secret_kind, &namespace, secret)
             .await
             .map_err(|p| vec![p])?
         else {
             continue;
         };
-        if secret == "mesh-identity" {
+        if secret == mesh_manifests::render::IDENTITY_SECRET {
             found_identity = true;
             if skip_identity {
                 continue;
             }
         }
-        for (path, name, key) in SECRET_KEYS {
+        for (path, name, key) in mesh_manifests::render::SECRET_DATA {
             if name != secret {
                 continue;
             }
@@ -213,9 +202,14 @@ async fn upgrade_async(args: UpgradeArgs) -> Result<(), Vec<Problem>> {
                 "the ConfigMap kind is missing from meshctl's table",
             )]
         })?;
-    let Some(config) = apply::get(&cluster, cm_kind, &namespace, "mesh-config")
-        .await
-        .map_err(|p| vec![p])?
+    let Some(config) = apply::get(
+        &cluster,
+        cm_kind,
+        &namespace,
+        mesh_manifests::render::CONFIG_MAP,
+    )
+    .await
+    .map_err(|p| vec![p])?
     else {
         return Err(vec![Problem::input(
             &format!("configmap \"mesh-config\" in namespace \"{namespace}\""),

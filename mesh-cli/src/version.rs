@@ -58,7 +58,7 @@ fn control_plane(args: &VersionArgs) -> Result<String, String> {
             let deploy = Kind::of(&json!({"apiVersion": "apps/v1", "kind": "Deployment"}))
                 .ok_or("the Deployment kind is missing from meshctl's table")?;
             let ns = &args.mesh_namespace;
-            let config = apply::get(&cluster, cm, ns, "mesh-config")
+            let config = apply::get(&cluster, cm, ns, mesh_manifests::render::CONFIG_MAP)
                 .await
                 .map_err(|p| p.to_string())?;
             let Some(config) = config else {
@@ -69,7 +69,7 @@ fn control_plane(args: &VersionArgs) -> Result<String, String> {
                 .and_then(Value::as_str)
                 .unwrap_or("unknown")
                 .to_string();
-            let running = apply::get(&cluster, deploy, ns, "mesh-controller")
+            let running = apply::get(&cluster, deploy, ns, mesh_manifests::render::CONTROLLER)
                 .await
                 .map_err(|p| p.to_string())?
                 .and_then(|d| {

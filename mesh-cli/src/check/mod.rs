@@ -30,18 +30,14 @@ use report::{Outcome, Report, Section};
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The annotation carrying the mesh version on CRDs, the Deployment and the ConfigMap.
 pub const VERSION_ANNOTATION: &str = "mesh.dev/version";
-/// The controller's Deployment, Service, Lease (and ServiceAccount).
-pub const CONTROLLER: &str = "mesh-controller";
+/// The names of the installed objects, as `meshctl install` renders them: the controller's
+/// Deployment, Service, Lease and ServiceAccount; the injector's webhook configuration; the
+/// webhook and identity Secrets; the ConfigMap with the values and injection defaults.
+pub use mesh_manifests::render::{
+    CONFIG_MAP, CONTROLLER, IDENTITY_SECRET, WEBHOOK_CONFIGURATION, WEBHOOK_SECRET,
+};
 /// The label selector of the controller's pods.
 pub const CONTROLLER_SELECTOR: &str = "app.kubernetes.io/name=mesh-controller";
-/// The MutatingWebhookConfiguration of the injector.
-pub const WEBHOOK_CONFIGURATION: &str = "mesh-proxy-injector";
-/// The webhook's serving certificate.
-pub const WEBHOOK_SECRET: &str = "mesh-webhook-tls";
-/// The trust anchors and issuer.
-pub const IDENTITY_SECRET: &str = "mesh-identity";
-/// The installed values, version and injection defaults.
-pub const CONFIG_MAP: &str = "mesh-config";
 
 /// Pause between runs with `--wait`.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);

@@ -69,6 +69,30 @@ pub(crate) fn config_map(src: &Src) -> Result<Value, RenderError> {
     }))
 }
 
+/// Where each certificate value is stored: (value path, Secret, key). `meshctl install`
+/// reads an installation's certificates back through the same table.
+pub const SECRET_DATA: [(&str, &str, &str); 6] = [
+    (
+        "certificates.trustAnchorsPEM",
+        IDENTITY_SECRET,
+        "trust-anchors.pem",
+    ),
+    ("certificates.issuerCrtPEM", IDENTITY_SECRET, "issuer.crt"),
+    ("certificates.issuerKeyPEM", IDENTITY_SECRET, "issuer.key"),
+    ("certificates.webhookCrtPEM", WEBHOOK_SECRET, "tls.crt"),
+    ("certificates.webhookKeyPEM", WEBHOOK_SECRET, "tls.key"),
+    ("certificates.webhookCaPEM", WEBHOOK_SECRET, "ca.crt"),
+];
+
+/// The `data` of the Secret `secret`: its certificate values, base64-encoded.
+fn secret_data(src: &Src, secret: &str) -> Result<Value, RenderError> {
+    let mut data = serde_json::Map::new();
+    for (path, _, key) in SECRET_DATA.iter().filter(|(_, s, _)| *s == secret) {
+        data.insert((*key).to_string(), Value::String(src.pem_b64(path)?));
+    }
+    Ok(Value::Object(data))
+}
+
 /// The CA: trust anchors, issuer certificate and key.
 pub(crate) fn identity_secret(src: &Src) -> Result<Value, RenderError> {
     Ok(json!({
@@ -76,11 +100,7 @@ pub(crate) fn identity_secret(src: &Src) -> Result<Value, RenderError> {
         "kind": "Secret",
         "metadata": meta(src, IDENTITY_SECRET),
         "type": "Opaque",
-        "data": {
-            "trust-anchors.pem": src.pem_b64("certificates.trustAnchorsPEM")?,
-            "issuer.crt": src.pem_b64("certificates.issuerCrtPEM")?,
-            "issuer.key": src.pem_b64("certificates.issuerKeyPEM")?,
-        },
+        "data": secret_data(src, IDENTITY_SECRET)?,
     }))
 }
 
@@ -91,11 +111,7 @@ pub(crate) fn webhook_secret(src: &Src) -> Result<Value, RenderError> {
         "kind": "Secret",
         "metadata": meta(src, WEBHOOK_SECRET),
         "type": "kubernetes.io/tls",
-        "data": {
-            "tls.crt": src.pem_b64("certificates.webhookCrtPEM")?,
-            "tls.key": src.pem_b64("certificates.webhookKeyPEM")?,
-            "ca.crt": src.pem_b64("certificates.webhookCaPEM")?,
-        },
+        "data": secret_data(src, WEBHOOK_SECRET)?,
     }))
 }
 

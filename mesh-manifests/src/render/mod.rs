@@ -27,7 +27,7 @@ use serde_json::Value;
 use crate::values::Values;
 use crate::VERSION;
 
-pub use controller::{ADMIN_PORT, GRPC_PORT, WEBHOOK_PORT};
+pub use controller::{ADMIN_PORT, GRPC_PORT, SECRET_DATA, WEBHOOK_PORT};
 pub use crds::GATEWAY_API_BUNDLE_VERSION;
 pub use rbac::{CONFIG_MAP, CONTROLLER, IDENTITY_SECRET, WEBHOOK_SECRET};
 
