@@ -749,3 +749,75 @@ fn the_values_output_gives_helm_the_same_objects() {
         Some(3)
     );
 }
+
+/// The commands the docs show: every `meshctl SUBCOMMAND ... --flag` names a flag the
+/// subcommand has, and every `--set KEY=VALUE` is a value install accepts.
+#[test]
+fn the_documented_commands_and_values_exist() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dir = tempfile::tempdir().unwrap();
+    let mut sets = Vec::new();
+    let mut checked = 0;
+    for doc in [
+        "README.md",
+        "docs/install.md",
+        "docs/checks.md",
+        "charts/README.md",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{doc}")).unwrap();
+        for line in text.lines() {
+            let Some(at) = line.find("meshctl ") else {
+                continue;
+            };
+            let words: Vec<&str> = line[at + 8..]
+                .split(|c: char| c.is_whitespace() || c == '`' || c == '|' || c == ';')
+                .filter(|w| !w.is_empty())
+                .collect();
+            let Some(sub) = words.first() else { continue };
+            if ![
+                "install",
+                "upgrade",
+                "uninstall",
+                "check",
+                "version",
+                "completion",
+            ]
+            .contains(sub)
+            {
+                continue;
+            }
+            let help = meshctl(dir.path(), &[sub, "--help"], "");
+            ok(&help);
+            for (i, w) in words.iter().enumerate().skip(1) {
+                if w.starts_with("meshctl") || w.starts_with('#') || *w == "kubectl" || *w == "helm"
+                {
+                    break;
+                }
+                if let Some(flag) = w.strip_prefix("--") {
+                    let flag = flag
+                        .split(['=', '/'])
+                        .next()
+                        .unwrap()
+                        .trim_end_matches([',', ')', '.']);
+                    assert!(
+                        help.stdout.contains(&format!("--{flag}")),
+                        "{doc}: `meshctl {sub}` has no --{flag}: {line}"
+                    );
+                    checked += 1;
+                    if flag == "set" {
+                        if let Some(kv) = words.get(i + 1).filter(|kv| kv.contains('=')) {
+                            sets.push(kv.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} flags found in the docs");
+    let mut args = vec!["install", "-o", "values"];
+    for kv in &sets {
+        args.extend(["--set", kv.as_str()]);
+    }
+    let run = meshctl(dir.path(), &args, "");
+    ok(&run);
+}
