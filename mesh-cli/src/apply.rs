@@ -51,13 +51,7 @@ pub fn api_problem(subject: &str, cluster: &Cluster, e: kube::Error) -> Problem 
                 status.message, status.code, status.reason
             ),
         ),
-        other => Problem::input(
-            subject,
-            format!(
-                "cannot reach the Kubernetes API server at {}: {other}; check --kubeconfig, --context and that the cluster is up",
-                cluster.url
-            ),
-        ),
+        other => cluster.unreachable(subject, &other),
     }
 }
 

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::de::DeserializeOwned;
+
+use crate::cluster::ConfigError;
 
 /// The longest any one request may take; a check never waits longer on the network.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,26 +27,20 @@ pub async fn connect(
     kubeconfig: Option<&PathBuf>,
     context: Option<&str>,
 ) -> Result<Cluster, String> {
-    let options = KubeConfigOptions {
-        context: context.map(String::from),
-        ..KubeConfigOptions::default()
-    };
-    let mut config = match (kubeconfig, context) {
-        (Some(path), _) => {
-            let file = path.display();
-            let parsed = Kubeconfig::read_from(path)
-                .map_err(|e| format!("{file} is not a usable kubeconfig: {}", describe(&e)))?;
-            kube::Config::from_custom_kubeconfig(parsed, &options)
-                .await
-                .map_err(|e| format!("{file} is not a usable kubeconfig: {}", describe(&e)))?
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| format!("cannot use the kubeconfig: {}", describe(&e)))?,
-        (None, None) => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no cluster to talk to: {}", describe(&e)))?,
-    };
+    let kubeconfig = kubeconfig.map(PathBuf::as_path);
+    let mut config = crate::cluster::load_config(kubeconfig, context)
+        .await
+        .map_err(|e| match e {
+            ConfigError::File { path, error } => {
+                format!("{path} is not a usable kubeconfig: {}", describe(&*error))
+            }
+            ConfigError::Context(error) => {
+                format!("cannot use the kubeconfig: {}", describe(&*error))
+            }
+            ConfigError::Nothing(error) => {
+                format!("no cluster to talk to: {}", describe(&*error))
+            }
+        })?;
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(REQUEST_TIMEOUT);
     config.write_timeout = Some(REQUEST_TIMEOUT);
